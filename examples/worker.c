@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The hello-world worker of Tempest: answers every `url` job with
+ * 200 text/plain "Hello world! #N", N counting the requests it answered.
+ *
+ *   worker [--redis URL] [--queue NAME] [--concurrency N]
+ */
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+static void hello(tempest_worker *worker, tempest_job *job, void *arg) {
+    (void)worker;
+    unsigned long *count = arg;
+    char body[64];
+    snprintf(body, sizeof body, "Hello world! #%lu\n", ++*count);
+    json_t *answer = json_pack("[i,{s:s},s]", 200, "Content-Type", "text/plain", body);
+    if (tempest_job_answer(job, answer, false) != 0)
+        fprintf(stderr, "worker: could not answer job %lld\n", tempest_job_id(job));
+    json_decref(answer);
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: worker [--redis URL] [--queue NAME] [--concurrency N]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv) {
+    static const struct option longopts[] = {{"redis", required_argument, 0, 'r'},
+                                             {"queue", required_argument, 0, 'q'},
+                                             {"concurrency", required_argument, 0, 'c'},
+                                             {"help", no_argument, 0, 'h'},
+                                             {0, 0, 0, 0}};
+    tempest_node_options no = {.log = log_stderr, .log_arg = "worker",
+                               .log_level = TEMPEST_LOG_WARN};
+    tempest_worker_options wo = {.handle_signals = true};
+    for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
+        if (c == 'r')
+            no.redis_url = optarg;
+        else if (c == 'q')
+            wo.queue = optarg;
+        else if (c == 'c' && (wo.concurrency = atoi(optarg)) > 0)
+            continue;
+        else
+            usage();
+    }
+    if (optind != argc)
+        usage();
+    tempest_error err;
+    tempest_node *node = tempest_node_new(NULL, &no, &err);
+    if (node == NULL) {
+        fprintf(stderr, "worker: %s\n", err.message);
+        return 1;
+    }
+    if (wait_for_redis(node, 5) != 0) {
+        fprintf(stderr, "worker: cannot reach Redis: %s\n", tempest_node_errstr(node));
+        tempest_node_free(node);
+        return 1;
+    }
+    unsigned long count = 0;
+    tempest_worker *worker = tempest_worker_new(node, &wo, &err);
+    if (worker == NULL || tempest_worker_on(worker, "url", hello, &count) != 0) {
+        fprintf(stderr, "worker: %s\n", worker ? "out of memory" : err.message);
+        return 1;
+    }
+    printf("worker ready on queue %s\n", wo.queue ? wo.queue : "tempest");
+    fflush(stdout);
+    int rc = tempest_worker_loop(worker);
+    tempest_worker_free(worker);
+    tempest_node_free(node);
+    return rc == 0 ? 0 : 1;
+}

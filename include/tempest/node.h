@@ -1,0 +1,124 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The node: one process's membership in a Tempest cluster. A node owns the
+ * Redis command connection (with reconnection), its numeric id, and the
+ * node listener, a small RESP server on which other nodes answer the jobs
+ * this node is waiting for. Workers, producers and fronts are all built on
+ * a node. A node and everything built on it belong to one event_base and
+ * are not thread-safe.
+ */
+#ifndef TEMPEST_NODE_H
+#define TEMPEST_NODE_H
+
+#include <tempest/tempest.h>
+
+struct event_base;
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct tempest_node tempest_node;
+
+/** State of the node's Redis connection, as told to tempest_state_fn. */
+enum tempest_node_state {
+    TEMPEST_NODE_CONNECTING = 0, /**< first connection attempt in progress */
+    TEMPEST_NODE_UP = 1,         /**< connected, authenticated, db selected */
+    TEMPEST_NODE_DOWN = 2,       /**< lost; reconnecting with backoff */
+};
+
+/**
+ * Called on the node's loop each time the Redis connection changes state.
+ * `reason` (borrowed, valid during the call) explains a DOWN state and is
+ * NULL otherwise. The callback may free the node.
+ */
+typedef void tempest_state_fn(tempest_node *node, int state, const char *reason, void *arg);
+
+/**
+ * Node options. Zero (or NULL for the whole struct) means the default given
+ * for each field. Strings are copied by tempest_node_new().
+ */
+typedef struct tempest_node_options {
+    /** Redis URL: `redis://[[user]:password@]host[:port][/db]` or
+     *  `unix:///path[?db=N]`. NULL: $TEMPEST_REDIS_URL, else
+     *  `redis://127.0.0.1:6379`. */
+    const char *redis_url;
+    /** `host:port` to bind the node listener to; port 0 picks a free port.
+     *  NULL: `127.0.0.1:0`. The listener is opened when first needed (a
+     *  producer that waits for answers, a front) or by tempest_node_listen(). */
+    const char *listen;
+    /** `host:port` that other nodes use to reach the listener (NAT, a
+     *  container). NULL: the bound address. */
+    const char *advertise;
+    int connect_timeout_ms; /**< Redis connect timeout; 0: 2000 */
+    int reconnect_min_ms;   /**< first reconnect delay; 0: 100 */
+    int reconnect_max_ms;   /**< cap of the exponential backoff; 0: 5000 */
+    /** Listener: largest request accepted on one connection; 0: 64 MiB. */
+    size_t max_request;
+    /** Listener: bytes of replies buffered per connection before it stops
+     *  reading from that client; 0: 1 MiB. */
+    size_t max_buffered;
+    /** Listener: most simultaneous connections; 0: 1024. */
+    int max_connections;
+    tempest_log_fn *log;      /**< NULL: no logging at all */
+    void *log_arg;            /**< passed to `log` */
+    int log_level;            /**< lowest level passed to `log`; 0: DEBUG */
+    tempest_state_fn *on_state; /**< NULL: not told */
+    void *state_arg;            /**< passed to `on_state` */
+} tempest_node_options;
+
+/**
+ * Creates a node on `base` and starts connecting to Redis (the connection
+ * completes on the loop; tempest_node_new never blocks). When `base` is NULL
+ * the node creates its own event_base, which tempest_worker_loop() runs and
+ * tempest_node_free() frees. Once connected, the node takes its id with
+ * `INCR cluster.ids` (kept across reconnects).
+ *
+ * Returns the node, or NULL with `err` (optional) filled: TEMPEST_EINVAL or
+ * TEMPEST_EADDR for a bad option or URL, TEMPEST_ENOMEM. An unreachable
+ * Redis is not an error here: the node retries with backoff.
+ */
+TEMPEST_API tempest_node *tempest_node_new(struct event_base *base,
+                                           const tempest_node_options *options,
+                                           tempest_error *err);
+
+/**
+ * Frees the node. Every pending operation's callback (answers awaited,
+ * commands in flight) runs once with TEMPEST_ECANCELED before this returns.
+ * Free the workers and fronts built on the node first. Safe from any
+ * callback of the node; NULL does nothing.
+ */
+TEMPEST_API void tempest_node_free(tempest_node *node);
+
+/** The event_base the node runs on (borrowed). */
+TEMPEST_API struct event_base *tempest_node_base(const tempest_node *node);
+
+/** One of enum tempest_node_state. */
+TEMPEST_API int tempest_node_state(const tempest_node *node);
+
+/** The node's cluster id from `INCR cluster.ids`, or 0 before it is known. */
+TEMPEST_API long long tempest_node_id(const tempest_node *node);
+
+/**
+ * Opens the node listener now (it is otherwise opened when first needed).
+ * Returns 0, or TEMPEST_EADDR when the address cannot be bound. Calling it
+ * again is harmless.
+ */
+TEMPEST_API int tempest_node_listen(tempest_node *node) TEMPEST_MUST_CHECK;
+
+/**
+ * The advertised `host:port` of the node listener (the `respond_to` of this
+ * node's jobs), or NULL while it is not open. Borrowed; valid until the node
+ * is freed.
+ */
+TEMPEST_API const char *tempest_node_address(const tempest_node *node);
+
+/** The text of the node's last error (never NULL; "" when none). Borrowed;
+ *  valid until the next call on the node. */
+TEMPEST_API const char *tempest_node_errstr(const tempest_node *node);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,76 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Producing jobs: push a job onto a Redis list (a queue) for any worker of
+ * any language to take, and receive its answers on the node listener. Jobs
+ * use the compatible four-element format of the Tempest protocol. Same
+ * threading rule as the node: one event_base, not thread-safe.
+ */
+#ifndef TEMPEST_QUEUE_H
+#define TEMPEST_QUEUE_H
+
+#include <jansson.h>
+#include <tempest/tempest.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** `status` of an answer that more answers of the same job will follow. */
+#define TEMPEST_MORE 1
+
+/**
+ * Receives the answers to one job. It is called once per partial answer
+ * with `status == TEMPEST_MORE`, then exactly once with a terminal status:
+ * 0 with the final answer, or a negative code with `answer == NULL`
+ * (TEMPEST_ETIMEDOUT, TEMPEST_EDOWN when Redis was lost before the job was
+ * queued, TEMPEST_EREMOTE when the worker reported an error, in which case
+ * `answer` is the worker's error text as a JSON string, TEMPEST_ECANCELED
+ * when the job was cancelled or the node freed). `answer` is borrowed and
+ * valid only during the call; json_incref() it to keep it. The callback may
+ * free the node or cancel other jobs.
+ */
+typedef void tempest_answer_fn(tempest_node *node, long long job_id, int status,
+                               json_t *answer, void *arg);
+
+/** Options of one job. Zero means the default. */
+typedef struct tempest_work_options {
+    /** How long to wait for the final answer; 0: 30000 ms; negative: no
+     *  deadline. Each partial answer does not extend it. */
+    int timeout_ms;
+} tempest_work_options;
+
+/**
+ * Pushes the job `[action, args, respond_to, job_id]` onto the Redis list
+ * `queue` (RPUSH). With `on_answer`, respond_to is this node's listener
+ * address (the listener is opened if needed) and `on_answer` receives the
+ * answers as described above; with `on_answer == NULL` the job is fire and
+ * forget (respond_to is null) and nothing is called back.
+ *
+ * `args` is borrowed and must be a JSON array (NULL means `[]`). `options`
+ * may be NULL.
+ *
+ * Returns the job id (> 0, unique within the node), or a negative code:
+ * TEMPEST_EINVAL (bad argument), TEMPEST_EDOWN (Redis is not connected now),
+ * TEMPEST_EADDR (listener cannot be opened), TEMPEST_ENOMEM. On error the
+ * callback never runs.
+ */
+TEMPEST_API long long tempest_work(tempest_node *node, const char *queue, const char *action,
+                                   json_t *args, const tempest_work_options *options,
+                                   tempest_answer_fn *on_answer, void *arg) TEMPEST_MUST_CHECK;
+
+/**
+ * Stops waiting for job `job_id`: its callback runs once, now, with
+ * TEMPEST_ECANCELED, and a later answer from a worker is refused. The job
+ * itself stays in the queue if no worker has taken it yet. Returns 0, or
+ * TEMPEST_EINVAL when no such job is pending.
+ */
+TEMPEST_API int tempest_work_cancel(tempest_node *node, long long job_id);
+
+/** Number of jobs of this node still waiting for their final answer. */
+TEMPEST_API size_t tempest_work_pending(const tempest_node *node);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

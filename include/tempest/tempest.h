@@ -1,0 +1,96 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libtempest: a cluster of processes orchestrated by a real Redis.
+ *
+ * This header holds what every part of the API shares (the export macro,
+ * error codes, tempest_strerror, the error struct and the log callback) and
+ * includes the header of each subsystem. Every handle belongs to one
+ * libevent event_base and is not thread-safe: call a handle's functions from
+ * the thread that runs its base, or serialise the calls yourself.
+ */
+#ifndef TEMPEST_H
+#define TEMPEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <tempest/version.h>
+
+#if defined(TEMPEST_BUILDING) && defined(__GNUC__)
+#define TEMPEST_API __attribute__((visibility("default")))
+#else
+#define TEMPEST_API
+#endif
+
+#if defined(__GNUC__)
+#define TEMPEST_MUST_CHECK __attribute__((warn_unused_result))
+#else
+#define TEMPEST_MUST_CHECK
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/**
+ * Error codes. Every fallible function returns 0 (or a non-negative value it
+ * documents) on success and one of these negative codes on failure.
+ */
+enum tempest_errcode {
+    TEMPEST_OK = 0,
+    TEMPEST_EINVAL = -1,     /**< an argument or option is invalid */
+    TEMPEST_ENOMEM = -2,     /**< out of memory */
+    TEMPEST_EDOWN = -3,      /**< Redis (or the peer) is not reachable now */
+    TEMPEST_ETIMEDOUT = -4,  /**< the operation's deadline passed */
+    TEMPEST_ECANCELED = -5,  /**< the operation was cancelled or its handle freed */
+    TEMPEST_EPROTO = -6,     /**< malformed data on the wire (JSON, RESP, shape) */
+    TEMPEST_EREDIS = -7,     /**< Redis answered with an error */
+    TEMPEST_ENOHANDLER = -8, /**< no handler for that action */
+    TEMPEST_EIO = -9,        /**< a socket or system call failed */
+    TEMPEST_ESTATE = -10,    /**< not possible in the handle's current state */
+    TEMPEST_ELIMIT = -11,    /**< a configured limit was exceeded */
+    TEMPEST_EADDR = -12,     /**< an address or URL could not be parsed or bound */
+    TEMPEST_EREMOTE = -13,   /**< the remote side reported an error */
+};
+
+/**
+ * Returns a static, human-readable name for an error code (never NULL; an
+ * unknown code gives "unknown error"). The string is a literal: do not free.
+ */
+TEMPEST_API const char *tempest_strerror(int code);
+
+/**
+ * An optional place where a constructor explains why it failed. Pass NULL
+ * when you do not want it. On failure, `code` holds the TEMPEST_E* code and
+ * `message` a NUL-terminated sentence; on success the struct is untouched.
+ */
+typedef struct tempest_error {
+    int code;
+    char message[256];
+} tempest_error;
+
+/** Log levels for tempest_log_fn, in increasing severity. */
+enum tempest_log_level {
+    TEMPEST_LOG_DEBUG = 0,
+    TEMPEST_LOG_INFO = 1,
+    TEMPEST_LOG_WARN = 2,
+    TEMPEST_LOG_ERROR = 3,
+};
+
+/**
+ * Receives the library's log lines. `message` is borrowed and valid only
+ * during the call. The library never prints anything unless a log callback
+ * is set; it is called on the node's event loop thread.
+ */
+typedef void tempest_log_fn(int level, const char *message, void *arg);
+
+#ifdef __cplusplus
+}
+#endif
+
+#include <tempest/node.h>
+#include <tempest/queue.h>
+#include <tempest/worker.h>
+#include <tempest/front.h>
+
+#endif

@@ -1,0 +1,365 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The HTTP front: evhttp turns each request into a `url` job on the
+ * front's queue and keeps the connection until the job's answer arrives.
+ * A final answer becomes an ordinary response; partial answers (MORE)
+ * become a chunked response. evhttp does not tell a handler when its
+ * client leaves, so each waiting request watches its connection's close
+ * callback and cancels its job there.
+ */
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include "node.h"
+
+typedef struct front_req {
+    struct front_req *prev, *next;
+    tempest_front *front;
+    struct evhttp_request *req;
+    struct evhttp_connection *evcon;
+    long long job;
+    bool started; /* a chunked response has begun */
+} front_req;
+
+struct tempest_front {
+    tempest_node *node;
+    struct evhttp *http;
+    char *queue;
+    int timeout_ms;
+    int max_pending;
+    int port;
+    size_t pending;
+    front_req *reqs;
+};
+
+/* ---- request bookkeeping --------------------------------------------- */
+
+static void req_unlink(front_req *fr) {
+    tempest_front *f = fr->front;
+    if (fr->prev)
+        fr->prev->next = fr->next;
+    else
+        f->reqs = fr->next;
+    if (fr->next)
+        fr->next->prev = fr->prev;
+    f->pending--;
+    evhttp_connection_set_closecb(fr->evcon, NULL, NULL);
+    free(fr);
+}
+
+static void on_client_close(struct evhttp_connection *evcon, void *arg) {
+    (void)evcon;
+    front_req *fr = arg;
+    tp_log(&fr->front->node->log, TEMPEST_LOG_DEBUG, "front: client left, job %lld cancelled",
+           fr->job);
+    tempest_work_cancel(fr->front->node, fr->job);
+    req_unlink(fr);
+}
+
+/* ---- responses ------------------------------------------------------- */
+
+static void reply_text(struct evhttp_request *req, int status, const char *text) {
+    struct evbuffer *body = evbuffer_new();
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", "text/plain; charset=utf-8");
+    if (body)
+        evbuffer_add_printf(body, "%s\n", text);
+    evhttp_send_reply(req, status, NULL, body);
+    if (body)
+        evbuffer_free(body);
+}
+
+static bool skipped_header(const char *name) {
+    return strcasecmp(name, "content-length") == 0 || strcasecmp(name, "transfer-encoding") == 0 ||
+           strcasecmp(name, "connection") == 0;
+}
+
+static void add_header_value(struct evkeyvalq *h, const char *name, json_t *v) {
+    char num[64];
+    if (json_is_string(v)) {
+        evhttp_add_header(h, name, json_string_value(v));
+    } else if (json_is_integer(v)) {
+        snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        evhttp_add_header(h, name, num);
+    } else if (json_is_real(v)) {
+        snprintf(num, sizeof num, "%.17g", json_real_value(v));
+        evhttp_add_header(h, name, num);
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *item;
+        json_array_foreach(v, i, item) add_header_value(h, name, item);
+    }
+}
+
+static void set_headers(struct evhttp_request *req, json_t *headers) {
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    const char *name;
+    json_t *v;
+    json_object_foreach(headers, name, v) {
+        if (!skipped_header(name))
+            add_header_value(h, name, v);
+    }
+}
+
+static void send_chunk(struct evhttp_request *req, const tp_http_answer *a) {
+    if (a->body == NULL || a->body_len == 0)
+        return;
+    struct evbuffer *buf = evbuffer_new();
+    if (buf == NULL)
+        return;
+    evbuffer_add(buf, a->body, a->body_len);
+    evhttp_send_reply_chunk(req, buf);
+    evbuffer_free(buf);
+}
+
+/* Applies one answer; returns false when the request is over. */
+static bool apply_answer(front_req *fr, int status, json_t *answer) {
+    char err[200];
+    tp_http_answer a;
+    if (tp_http_answer_parse(answer, !fr->started, &a, err, sizeof err) != 0) {
+        tp_log(&fr->front->node->log, TEMPEST_LOG_WARN, "front: job %lld: %s", fr->job, err);
+        if (fr->started)
+            evhttp_send_reply_end(fr->req);
+        else
+            reply_text(fr->req, 502, "tempest: the worker sent a malformed answer");
+        return false;
+    }
+    if (!fr->started && a.headers)
+        set_headers(fr->req, a.headers);
+    if (status == TEMPEST_MORE) {
+        if (!fr->started)
+            evhttp_send_reply_start(fr->req, a.status, NULL);
+        fr->started = true;
+        send_chunk(fr->req, &a);
+        return true;
+    }
+    if (fr->started) {
+        send_chunk(fr->req, &a);
+        evhttp_send_reply_end(fr->req);
+        return false;
+    }
+    struct evbuffer *body = evbuffer_new();
+    if (body && a.body)
+        evbuffer_add(body, a.body, a.body_len);
+    evhttp_send_reply(fr->req, a.status, NULL, body);
+    if (body)
+        evbuffer_free(body);
+    return false;
+}
+
+static void reply_failure(front_req *fr, int status, json_t *answer) {
+    char text[300];
+    if (fr->started) {
+        evhttp_send_reply_end(fr->req);
+        return;
+    }
+    switch (status) {
+    case TEMPEST_ETIMEDOUT:
+        snprintf(text, sizeof text, "tempest: no answer within %d ms", fr->front->timeout_ms);
+        reply_text(fr->req, 504, text);
+        break;
+    case TEMPEST_EREMOTE:
+        snprintf(text, sizeof text, "tempest: the worker failed: %.200s",
+                 json_is_string(answer) ? json_string_value(answer) : "unknown error");
+        reply_text(fr->req, 502, text);
+        break;
+    default:
+        snprintf(text, sizeof text, "tempest: %s", tempest_strerror(status));
+        reply_text(fr->req, 503, text);
+    }
+}
+
+static void on_answer(tempest_node *node, long long job, int status, json_t *answer, void *arg) {
+    (void)node;
+    (void)job;
+    front_req *fr = arg;
+    bool more = status == TEMPEST_MORE;
+    evhttp_connection_set_closecb(fr->evcon, NULL, NULL);
+    if (status == 0 || more) {
+        more = apply_answer(fr, status, answer);
+        if (more) {
+            evhttp_connection_set_closecb(fr->evcon, on_client_close, fr);
+            return;
+        }
+        if (status == TEMPEST_MORE)
+            tempest_work_cancel(fr->front->node, fr->job);
+    } else {
+        reply_failure(fr, status, answer);
+    }
+    req_unlink(fr);
+}
+
+/* ---- requests -------------------------------------------------------- */
+
+static const char *method_name(enum evhttp_cmd_type cmd) {
+    switch (cmd) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    }
+    return "GET";
+}
+
+/* Builds the `url` job's single argument; NULL with `err` set. */
+static json_t *build_args(struct evhttp_request *req, char *err, size_t errlen) {
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    tp_http_header hdrs[128];
+    size_t n = 0;
+    for (struct evkeyval *kv = in->tqh_first; kv && n < 128; kv = kv->next.tqe_next)
+        hdrs[n++] = (tp_http_header){kv->key, kv->value};
+    struct evbuffer *input = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(input);
+    bool has_body = len > 0 || evhttp_find_header(in, "Content-Length") ||
+                    evhttp_find_header(in, "Transfer-Encoding");
+    const char *body = has_body ? (const char *)evbuffer_pullup(input, -1) : NULL;
+    if (has_body && body == NULL)
+        body = "";
+    json_t *arg = tp_url_request_new(method_name(evhttp_request_get_command(req)),
+                                     evhttp_request_get_uri(req), hdrs, n, body, len, err, errlen);
+    return arg ? json_pack("[o]", arg) : NULL;
+}
+
+static int submit(tempest_front *f, front_req *fr, char *err, size_t errlen) {
+    json_t *args = build_args(fr->req, err, errlen);
+    if (args == NULL)
+        return TEMPEST_EPROTO;
+    tempest_work_options wo = {.timeout_ms = f->timeout_ms};
+    long long id = tempest_work(f->node, f->queue, "url", args, &wo, on_answer, fr);
+    json_decref(args);
+    if (id < 0) {
+        snprintf(err, errlen, "tempest: %s", tempest_strerror((int)id));
+        return (int)id;
+    }
+    fr->job = id;
+    return 0;
+}
+
+static void on_request(struct evhttp_request *req, void *arg) {
+    tempest_front *f = arg;
+    char err[256];
+    if (f->pending >= (size_t)f->max_pending) {
+        reply_text(req, 503, "tempest: too many requests waiting");
+        return;
+    }
+    front_req *fr = calloc(1, sizeof *fr);
+    if (fr == NULL) {
+        reply_text(req, 503, "tempest: out of memory");
+        return;
+    }
+    *fr = (front_req){.front = f, .req = req, .evcon = evhttp_request_get_connection(req)};
+    int rc = submit(f, fr, err, sizeof err);
+    if (rc != 0) {
+        free(fr);
+        reply_text(req, rc == TEMPEST_EPROTO ? 400 : 503, err);
+        return;
+    }
+    fr->next = f->reqs;
+    if (f->reqs)
+        f->reqs->prev = fr;
+    f->reqs = fr;
+    f->pending++;
+    evhttp_connection_set_closecb(fr->evcon, on_client_close, fr);
+}
+
+/* ---- life cycle ------------------------------------------------------ */
+
+static int bind_http(tempest_front *f, const char *addr, tempest_error *err) {
+    char msg[200], *host = NULL;
+    int port;
+    if (tp_addr_parse(addr, &host, &port, msg, sizeof msg) != 0) {
+        tp_error_set(err, TEMPEST_EADDR, "http address: %s", msg);
+        return TEMPEST_EADDR;
+    }
+    struct evhttp_bound_socket *s = evhttp_bind_socket_with_handle(f->http, host, (ev_uint16_t)port);
+    free(host);
+    if (s == NULL) {
+        tp_error_set(err, TEMPEST_EADDR, "cannot bind HTTP to %s", addr);
+        return TEMPEST_EADDR;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    getsockname(evhttp_bound_socket_get_fd(s), (struct sockaddr *)&ss, &sl);
+    f->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                            : ((struct sockaddr_in *)&ss)->sin_port);
+    return 0;
+}
+
+static void configure_http(tempest_front *f, const tempest_front_options *o) {
+    int io_ms = o->io_timeout_ms > 0 ? o->io_timeout_ms : 60000;
+    struct timeval tv = {io_ms / 1000, (io_ms % 1000) * 1000};
+    evhttp_set_timeout_tv(f->http, &tv);
+    evhttp_set_max_body_size(f->http, (ev_ssize_t)(o->max_body ? o->max_body : 1 << 20));
+    evhttp_set_max_headers_size(f->http, (ev_ssize_t)(o->max_headers ? o->max_headers : 64 << 10));
+    evhttp_set_allowed_methods(f->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+    evhttp_set_default_content_type(f->http, NULL);
+    evhttp_set_gencb(f->http, on_request, f);
+}
+
+TEMPEST_API tempest_front *tempest_front_new(tempest_node *node,
+                                             const tempest_front_options *options,
+                                             tempest_error *err) {
+    static const tempest_front_options defaults;
+    const tempest_front_options *o = options ? options : &defaults;
+    if (node == NULL || o->timeout_ms < 0 || o->max_pending < 0) {
+        tp_error_set(err, TEMPEST_EINVAL, "front: a node is required; limits must be >= 0");
+        return NULL;
+    }
+    tempest_front *f = calloc(1, sizeof *f);
+    if (f == NULL || (f->queue = strdup(o->queue ? o->queue : "tempest")) == NULL)
+        goto nomem;
+    f->node = node;
+    f->timeout_ms = o->timeout_ms ? o->timeout_ms : 30000;
+    f->max_pending = o->max_pending ? o->max_pending : 10000;
+    if ((f->http = evhttp_new(node->base)) == NULL)
+        goto nomem;
+    configure_http(f, o);
+    if (bind_http(f, o->http ? o->http : "127.0.0.1:1337", err) != 0)
+        goto fail;
+    if (tp_node_ensure_listener(node) != 0) {
+        tp_error_set(err, TEMPEST_EADDR, "%s", node->errstr);
+        goto fail;
+    }
+    return f;
+nomem:
+    tp_error_set(err, TEMPEST_ENOMEM, "out of memory");
+fail:
+    tempest_front_free(f);
+    return NULL;
+}
+
+TEMPEST_API int tempest_front_port(const tempest_front *f) {
+    return f ? f->port : 0;
+}
+
+TEMPEST_API size_t tempest_front_pending(const tempest_front *f) {
+    return f ? f->pending : 0;
+}
+
+TEMPEST_API void tempest_front_free(tempest_front *f) {
+    if (f == NULL)
+        return;
+    while (f->reqs) {
+        front_req *fr = f->reqs;
+        tempest_work_cancel(f->node, fr->job);
+        req_unlink(fr);
+    }
+    if (f->http)
+        evhttp_free(f->http);
+    free(f->queue);
+    free(f);
+}

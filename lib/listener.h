@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Node listener: a small RESP server. Requests are RESP arrays parsed with
+ * hiredis's redisReader (no hand-written RESP parser). The listener answers
+ * the commands an ordinary Redis client sends on its own (PING, ECHO, INFO,
+ * SELECT, CLIENT ..., QUIT, COMMAND, HELLO) and hands every other command
+ * to its owner's tp_command_fn.
+ *
+ * The protocol core (tp_session) is separate from the sockets so that tests
+ * can feed it bytes in any split and read its replies.
+ */
+#ifndef TEMPEST_LISTENER_H
+#define TEMPEST_LISTENER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct evbuffer;
+struct event_base;
+
+/**
+ * Handles one command the listener does not answer itself. argv[0] is the
+ * command name as sent (any case); the strings are borrowed, valid during
+ * the call, NUL-terminated and may hold NULs (use argvlen). It must append
+ * exactly one RESP reply to `out` (tp_resp_* helpers below).
+ */
+typedef void tp_command_fn(void *arg, int argc, const char **argv, const size_t *argvlen,
+                           struct evbuffer *out);
+
+/** Limits of the listener; zero fields take the defaults shown. */
+typedef struct tp_listener_limits {
+    size_t max_request;  /**< bytes of one request (and of unparsed input); 0: 64 MiB */
+    size_t max_buffered; /**< reply bytes pending per connection before reads pause; 0: 1 MiB */
+    int max_args;        /**< elements of one request array; 0: 1024 */
+    int max_connections; /**< simultaneous connections, more are closed at once; 0: 1024 */
+} tp_listener_limits;
+
+typedef struct tp_session tp_session;
+
+/** Creates a protocol session. `limits` is copied (NULL: defaults). */
+tp_session *tp_session_new(const tp_listener_limits *limits, tp_command_fn *fn, void *arg);
+
+/**
+ * Feeds `len` bytes of client input; appends every reply to `out`.
+ * Returns 0 to go on, 1 when the client asked to QUIT (close after the
+ * replies are flushed), or -1 when the input cannot be resynchronised
+ * (protocol error, a request over the limits): an `-ERR` explaining why is
+ * already in `out`; flush it, then close. Inline commands (plain text lines
+ * such as `PING\r\n`, as telnet sends) are accepted too.
+ */
+int tp_session_feed(tp_session *s, const char *buf, size_t len, struct evbuffer *out);
+
+/** Frees a session; NULL does nothing. */
+void tp_session_free(tp_session *s);
+
+typedef struct tp_listener tp_listener;
+
+/**
+ * Binds `host:port` (port 0: any free port) on `base` and starts
+ * accepting. `log` (may be NULL) receives warnings with `log_arg`. Returns
+ * NULL with `err` set when the address cannot be bound.
+ */
+tp_listener *tp_listener_new(struct event_base *base, const char *host, int port,
+                             const tp_listener_limits *limits, tp_command_fn *fn, void *arg,
+                             char *err, size_t errlen);
+
+/** The bound port. */
+int tp_listener_port(const tp_listener *l);
+
+/** Number of open client connections. */
+int tp_listener_connections(const tp_listener *l);
+
+/** Closes every connection and the socket; NULL does nothing. Never calls
+ *  the command callback. */
+void tp_listener_free(tp_listener *l);
+
+/* RESP reply helpers (append one reply to `out`). */
+void tp_resp_status(struct evbuffer *out, const char *status);      /**< +status */
+void tp_resp_error(struct evbuffer *out, const char *message);      /**< -message (CR/LF replaced) */
+void tp_resp_integer(struct evbuffer *out, long long value);        /**< :value */
+void tp_resp_bulk(struct evbuffer *out, const char *buf, size_t len); /**< $len bulk */
+void tp_resp_nil(struct evbuffer *out);                             /**< $-1 */
+
+#endif

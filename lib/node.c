@@ -1,0 +1,397 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The node: options, the Redis command connection, the cluster id, the
+ * node listener and the table of jobs waiting for answers. Answers that
+ * arrive on the listener are validated there (the worker gets `-ERR` for a
+ * bad one) and queued; a node-owned event delivers them to the producers'
+ * callbacks, outside the listener's stack, so that a callback may free the
+ * node or anything else.
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "node.h"
+
+static const char *default_url = "redis://127.0.0.1:6379";
+
+void tp_node_errorf(tempest_node *node, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(node->errstr, sizeof node->errstr, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- deliveries ------------------------------------------------------ */
+
+int tp_node_deliver(tempest_node *node, tp_pending *job, int status, json_t *json) {
+    tp_delivery *d = malloc(sizeof *d);
+    if (d == NULL) {
+        json_decref(json);
+        return TEMPEST_ENOMEM;
+    }
+    *d = (tp_delivery){.job = job, .status = status, .json = json};
+    if (node->dq_tail)
+        node->dq_tail->next = d;
+    else
+        node->dq_head = d;
+    node->dq_tail = d;
+    job->queued++;
+    event_active(node->deliver_ev, EV_READ, 0);
+    return 0;
+}
+
+void tp_node_finish(tempest_node *node, tp_pending *job) {
+    tp_map_del(&node->pending, job->id);
+    job->done = true;
+    if (job->timer) {
+        event_free(job->timer);
+        job->timer = NULL;
+    }
+}
+
+static tp_delivery *pop_delivery(tempest_node *node) {
+    tp_delivery *d = node->dq_head;
+    if (d) {
+        node->dq_head = d->next;
+        if (node->dq_head == NULL)
+            node->dq_tail = NULL;
+        d->job->queued--;
+    }
+    return d;
+}
+
+/* Delivers one queued item; returns true when the node was freed by it. */
+static bool deliver_one(tempest_node *node, tp_delivery *d) {
+    tp_pending *job = d->job;
+    bool terminal = d->status <= 0;
+    bool freed = false;
+    if (job->fn) {
+        tp_node_enter(node);
+        job->fn(node, job->id, d->status, d->json, job->arg);
+        freed = tp_node_leave(node);
+    } else if (job->queued == 0) {
+        terminal = true; /* cancelled: the last item frees it */
+    }
+    json_decref(d->json);
+    free(d);
+    if (terminal)
+        free(job);
+    return freed;
+}
+
+static void on_deliver(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    tempest_node *node = arg;
+    /* Only what is queued now: answers queued by callbacks wait a turn. */
+    tp_delivery *last = node->dq_tail;
+    tp_delivery *d;
+    while ((d = pop_delivery(node)) != NULL) {
+        bool was_last = d == last;
+        if (deliver_one(node, d) || was_last)
+            break;
+    }
+    if (!node->freeing && node->dq_head)
+        event_active(node->deliver_ev, EV_READ, 0);
+}
+
+/* ---- answers from the listener --------------------------------------- */
+
+static int parse_id(const char *s, size_t len, long long *id) {
+    if (len == 0 || len > 19)
+        return -1;
+    long long v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    *id = v;
+    return 0;
+}
+
+/* The 4th argument: 0 final, TEMPEST_MORE, TEMPEST_EREMOTE; -1 unknown. */
+static int answer_kind(int argc, const char **argv) {
+    if (argc == 3)
+        return 0;
+    if (strcasecmp(argv[3], "MORE") == 0)
+        return TEMPEST_MORE;
+    if (strcasecmp(argv[3], "ERROR") == 0)
+        return TEMPEST_EREMOTE;
+    return -1;
+}
+
+static void on_answer_command(tempest_node *node, int argc, const char **argv,
+                              const size_t *argvlen, struct evbuffer *out) {
+    char msg[300];
+    long long id;
+    int kind = answer_kind(argc, argv);
+    if (kind == -1 || parse_id(argv[1], argvlen[1], &id) != 0) {
+        snprintf(msg, sizeof msg, "ERR usage: %.40s <job_id> <json> [MORE|ERROR]", argv[0]);
+        tp_resp_error(out, msg);
+        return;
+    }
+    tp_pending *job = tp_map_get(&node->pending, id);
+    if (job == NULL || job->done) {
+        snprintf(msg, sizeof msg, "ERR unknown job %lld (finished, timed out or never sent)", id);
+        tp_resp_error(out, msg);
+        return;
+    }
+    char err[200];
+    json_t *json = tp_answer_decode(argv[2], argvlen[2], err, sizeof err);
+    if (json == NULL) {
+        snprintf(msg, sizeof msg, "ERR bad answer for job %lld: %s", id, err);
+        tp_resp_error(out, msg);
+        return;
+    }
+    if (kind != TEMPEST_MORE)
+        tp_node_finish(node, job);
+    if (tp_node_deliver(node, job, kind, json) != 0) {
+        tp_resp_error(out, "ERR out of memory");
+        return;
+    }
+    tp_resp_status(out, "OK");
+}
+
+static void on_command(void *arg, int argc, const char **argv, const size_t *argvlen,
+                       struct evbuffer *out) {
+    tempest_node *node = arg;
+    if (node->freeing) {
+        tp_resp_error(out, "ERR node is shutting down");
+        return;
+    }
+    if (argc == 3 || argc == 4) {
+        on_answer_command(node, argc, argv, argvlen, out);
+        return;
+    }
+    char msg[120];
+    snprintf(msg, sizeof msg, "ERR unknown command '%.60s'", argv[0]);
+    tp_resp_error(out, msg);
+}
+
+/* ---- listener -------------------------------------------------------- */
+
+static char *format_address(const char *host, int port) {
+    char buf[300];
+    bool v6 = strchr(host, ':') != NULL;
+    snprintf(buf, sizeof buf, v6 ? "[%s]:%d" : "%s:%d", host, port);
+    return strdup(buf);
+}
+
+int tp_node_ensure_listener(tempest_node *node) {
+    if (node->listener)
+        return 0;
+    char err[200] = "";
+    node->listener = tp_listener_new(node->base, node->listen_host, node->listen_port,
+                                     &node->limits, on_command, node, err, sizeof err);
+    if (node->listener == NULL) {
+        tp_node_errorf(node, "listener: %s", err);
+        tp_log(&node->log, TEMPEST_LOG_ERROR, "%s", node->errstr);
+        return TEMPEST_EADDR;
+    }
+    int port = tp_listener_port(node->listener);
+    node->address = node->advertise_opt ? strdup(node->advertise_opt)
+                                        : format_address(node->listen_host, port);
+    if (node->address == NULL) {
+        tp_listener_free(node->listener);
+        node->listener = NULL;
+        return TEMPEST_ENOMEM;
+    }
+    tp_log(&node->log, TEMPEST_LOG_INFO, "node listener on %s:%d, advertised as %s",
+           node->listen_host, port, node->address);
+    return 0;
+}
+
+TEMPEST_API int tempest_node_listen(tempest_node *node) {
+    if (node == NULL)
+        return TEMPEST_EINVAL;
+    return tp_node_ensure_listener(node);
+}
+
+/* ---- Redis state ----------------------------------------------------- */
+
+static void on_id(redisAsyncContext *ac, void *reply, void *privdata) {
+    (void)privdata;
+    tp_redis *r = tp_redis_from(ac);
+    redisReply *rep = reply;
+    if (r == NULL || rep == NULL)
+        return;
+    tempest_node *node = tp_redis_owner(r);
+    if (rep->type == REDIS_REPLY_INTEGER && node->id == 0) {
+        node->id = rep->integer;
+        tp_log(&node->log, TEMPEST_LOG_INFO, "node id %lld", node->id);
+    } else if (rep->type == REDIS_REPLY_ERROR) {
+        tp_log(&node->log, TEMPEST_LOG_ERROR, "INCR cluster.ids: %s", rep->str);
+    }
+}
+
+static void on_redis_state(tp_redis *r, int state, const char *reason, void *arg) {
+    tempest_node *node = arg;
+    if (state == TEMPEST_NODE_UP && node->id == 0)
+        tp_redis_cmd(r, on_id, NULL, "INCR cluster.ids");
+    if (state == TEMPEST_NODE_UP)
+        tp_log(&node->log, TEMPEST_LOG_INFO, "redis connection up");
+    else if (reason)
+        tp_node_errorf(node, "redis: %s", reason);
+    if (node->on_state == NULL)
+        return;
+    tp_node_enter(node);
+    node->on_state(node, state, reason, node->state_arg);
+    tp_node_leave(node);
+}
+
+/* ---- construction and teardown --------------------------------------- */
+
+static int parse_listen(tempest_node *node, const char *listen, tempest_error *err) {
+    char msg[200];
+    if (tp_addr_parse(listen ? listen : "127.0.0.1:0", &node->listen_host, &node->listen_port,
+                      msg, sizeof msg) != 0) {
+        tp_error_set(err, TEMPEST_EADDR, "listen address: %s", msg);
+        return TEMPEST_EADDR;
+    }
+    return 0;
+}
+
+static int parse_url(tempest_node *node, const char *url, tempest_error *err) {
+    char msg[200];
+    if (url == NULL)
+        url = getenv("TEMPEST_REDIS_URL");
+    if (url == NULL || *url == '\0')
+        url = default_url;
+    int rc = tp_redis_url_parse(url, &node->url, msg, sizeof msg);
+    if (rc != 0)
+        tp_error_set(err, rc, "redis URL: %s", msg);
+    return rc;
+}
+
+static void copy_options(tempest_node *node, const tempest_node_options *o) {
+    node->log = (tp_logger){.fn = o->log, .arg = o->log_arg, .level = o->log_level};
+    node->on_state = o->on_state;
+    node->state_arg = o->state_arg;
+    node->timing = (tp_redis_timing){.connect_timeout_ms = o->connect_timeout_ms,
+                                     .reconnect_min_ms = o->reconnect_min_ms,
+                                     .reconnect_max_ms = o->reconnect_max_ms};
+    node->limits = (tp_listener_limits){.max_request = o->max_request,
+                                        .max_buffered = o->max_buffered,
+                                        .max_connections = o->max_connections};
+}
+
+static int setup_loop(tempest_node *node, struct event_base *base) {
+    node->own_base = base == NULL;
+    node->base = base ? base : event_base_new();
+    if (node->base == NULL)
+        return TEMPEST_ENOMEM;
+    node->deliver_ev = event_new(node->base, -1, 0, on_deliver, node);
+    if (node->deliver_ev == NULL)
+        return TEMPEST_ENOMEM;
+    struct timeval tv = {30, 0};
+    node->default_timeout = event_base_init_common_timeout(node->base, &tv);
+    return 0;
+}
+
+static void destroy(tempest_node *node);
+
+TEMPEST_API tempest_node *tempest_node_new(struct event_base *base,
+                                           const tempest_node_options *options,
+                                           tempest_error *err) {
+    static const tempest_node_options defaults;
+    const tempest_node_options *o = options ? options : &defaults;
+    tempest_node *node = calloc(1, sizeof *node);
+    if (node == NULL) {
+        tp_error_set(err, TEMPEST_ENOMEM, "out of memory");
+        return NULL;
+    }
+    copy_options(node, o);
+    if (parse_url(node, o->redis_url, err) != 0 || parse_listen(node, o->listen, err) != 0)
+        goto fail;
+    if (o->advertise && (node->advertise_opt = strdup(o->advertise)) == NULL)
+        goto nomem;
+    if (setup_loop(node, base) != 0)
+        goto nomem;
+    node->redis = tp_redis_new(node->base, &node->url, &node->timing, &node->log,
+                               on_redis_state, node);
+    if (node->redis == NULL)
+        goto nomem;
+    return node;
+nomem:
+    tp_error_set(err, TEMPEST_ENOMEM, "out of memory");
+fail:
+    destroy(node);
+    return NULL;
+}
+
+/* Every job still waiting gets its one terminal callback. */
+static void cancel_all(tempest_node *node) {
+    tp_delivery *d;
+    while ((d = pop_delivery(node)) != NULL)
+        deliver_one(node, d);
+    tp_pending *job;
+    while ((job = tp_map_pop(&node->pending)) != NULL) {
+        job->done = true;
+        if (job->timer)
+            event_free(job->timer);
+        if (job->fn)
+            job->fn(node, job->id, TEMPEST_ECANCELED, NULL, job->arg);
+        free(job);
+    }
+}
+
+static void destroy(tempest_node *node) {
+    node->freeing = true;
+    node->depth++; /* callbacks run by cancel_all cannot free it again */
+    cancel_all(node);
+    tp_listener_free(node->listener);
+    tp_redis_free(node->redis);
+    tp_map_clear(&node->pending);
+    if (node->deliver_ev)
+        event_free(node->deliver_ev);
+    if (node->own_base && node->base)
+        event_base_free(node->base);
+    tp_redis_url_clear(&node->url);
+    free(node->listen_host);
+    free(node->advertise_opt);
+    free(node->address);
+    free(node);
+}
+
+bool tp_node_leave(tempest_node *node) {
+    if (--node->depth > 0 || !node->freeing)
+        return false;
+    destroy(node);
+    return true;
+}
+
+TEMPEST_API void tempest_node_free(tempest_node *node) {
+    if (node == NULL || node->freeing)
+        return;
+    node->freeing = true;
+    if (node->depth == 0)
+        destroy(node);
+}
+
+/* ---- accessors ------------------------------------------------------- */
+
+TEMPEST_API struct event_base *tempest_node_base(const tempest_node *node) {
+    return node ? node->base : NULL;
+}
+
+TEMPEST_API int tempest_node_state(const tempest_node *node) {
+    return node ? tp_redis_state(node->redis) : TEMPEST_NODE_DOWN;
+}
+
+TEMPEST_API long long tempest_node_id(const tempest_node *node) {
+    return node ? node->id : 0;
+}
+
+TEMPEST_API const char *tempest_node_address(const tempest_node *node) {
+    return node ? node->address : NULL;
+}
+
+TEMPEST_API const char *tempest_node_errstr(const tempest_node *node) {
+    return node ? node->errstr : "";
+}

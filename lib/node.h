@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The node's private state, shared by node.c, queue.c, worker.c and
+ * front.c. User callbacks of the node (answers) run only from events the
+ * node owns, never from inside the listener or hiredis, so that a callback
+ * may free the node: `depth` counts callbacks running, and a free requested
+ * inside one is finished when the outermost returns.
+ */
+#ifndef TEMPEST_NODE_PRIV_H
+#define TEMPEST_NODE_PRIV_H
+
+#include <jansson.h>
+#include <tempest/tempest.h>
+
+#include "codec.h"
+#include "internal.h"
+#include "listener.h"
+#include "redis.h"
+
+struct event;
+
+/** One answer (or terminal event) queued for delivery to its producer. */
+typedef struct tp_delivery {
+    struct tp_delivery *next;
+    struct tp_pending *job;
+    int status;   /* TEMPEST_MORE, 0, or a negative code */
+    json_t *json; /* owned reference, or NULL */
+} tp_delivery;
+
+/** A job of this node waiting for its answers. */
+typedef struct tp_pending {
+    struct tempest_node *node;
+    long long id;
+    tempest_answer_fn *fn;
+    void *arg;
+    struct event *timer;
+    bool done;       /* terminal event queued: further answers are refused */
+    int queued;      /* deliveries queued that point here */
+} tp_pending;
+
+struct tempest_node {
+    struct event_base *base;
+    bool own_base;
+    tp_logger log;
+    tempest_state_fn *on_state;
+    void *state_arg;
+    tp_redis_url url;
+    tp_redis_timing timing;
+    tp_redis *redis;
+    long long id;
+    long long next_job;
+    /* listener */
+    char *listen_host;
+    int listen_port;
+    char *advertise_opt;
+    char *address;
+    tp_listener *listener;
+    tp_listener_limits limits;
+    /* pending jobs and their deliveries */
+    tp_map pending;
+    tp_delivery *dq_head, *dq_tail;
+    struct event *deliver_ev;
+    const struct timeval *default_timeout; /* common timeout for 30 s */
+    int depth;
+    bool freeing;
+    char errstr[256];
+};
+
+/** Opens the listener if it is not open; 0 or TEMPEST_EADDR. */
+int tp_node_ensure_listener(tempest_node *node);
+
+/** Queues a delivery for `job` and wakes the delivery event. Steals `json`. */
+int tp_node_deliver(tempest_node *node, tp_pending *job, int status, json_t *json);
+
+/** Removes `job` from the table and marks it done (no more answers taken). */
+void tp_node_finish(tempest_node *node, tp_pending *job);
+
+/** Sets the node's last error text. */
+void tp_node_errorf(tempest_node *node, const char *fmt, ...) TP_PRINTF(2, 3);
+
+/** Enter/leave a user callback; leave returns true when the node was freed. */
+static inline void tp_node_enter(tempest_node *node) {
+    node->depth++;
+}
+bool tp_node_leave(tempest_node *node);
+
+#endif

@@ -1,0 +1,76 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * One managed asynchronous Redis connection on hiredis's async API and its
+ * libevent adapter: connect with a timeout, AUTH and SELECT, TCP keepalive,
+ * reconnect with capped exponential backoff and jitter, and tell the owner
+ * when it goes up or down. Also opens the plain async connections the
+ * worker uses to answer node listeners.
+ *
+ * Reply callbacks are hiredis's own (redisCallbackFn). A callback gets a
+ * NULL reply when the connection is lost; when its tp_redis was freed,
+ * tp_redis_from(ac) is NULL in the callback, which must then return at once
+ * without touching its privdata (the owner has cleaned up already).
+ */
+#ifndef TEMPEST_REDIS_H
+#define TEMPEST_REDIS_H
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "codec.h"
+#include "internal.h"
+
+struct event_base;
+
+typedef struct tp_redis tp_redis;
+
+/** Timing of a managed connection; zero fields take the defaults. */
+typedef struct tp_redis_timing {
+    int connect_timeout_ms; /* 0: 2000 */
+    int reconnect_min_ms;   /* 0: 100 */
+    int reconnect_max_ms;   /* 0: 5000 */
+} tp_redis_timing;
+
+/** Told on every change to TEMPEST_NODE_UP or TEMPEST_NODE_DOWN. */
+typedef void tp_redis_state_fn(tp_redis *r, int state, const char *reason, void *arg);
+
+/**
+ * Creates the connection and starts connecting (never blocks, except that
+ * hiredis resolves a host name synchronously: prefer IP literals). `url`
+ * and `timing` are copied; `log` is borrowed and must outlive the handle.
+ */
+tp_redis *tp_redis_new(struct event_base *base, const tp_redis_url *url,
+                       const tp_redis_timing *timing, const tp_logger *log,
+                       tp_redis_state_fn *fn, void *arg);
+
+/** Frees the connection; pending callbacks see tp_redis_from() == NULL. */
+void tp_redis_free(tp_redis *r);
+
+/** The `arg` given to tp_redis_new (the owner). */
+void *tp_redis_owner(const tp_redis *r);
+
+/** TEMPEST_NODE_CONNECTING, _UP or _DOWN. */
+int tp_redis_state(const tp_redis *r);
+
+/** Text of the last connection error ("" when none). */
+const char *tp_redis_errstr(const tp_redis *r);
+
+/** The tp_redis of an async context, or NULL once it was freed. */
+tp_redis *tp_redis_from(const redisAsyncContext *ac);
+
+/** Sends a command when up; returns 0, or TEMPEST_EDOWN (callback never runs). */
+int tp_redis_argv(tp_redis *r, redisCallbackFn *fn, void *privdata, int argc, const char **argv,
+                  const size_t *argvlen);
+
+/** printf-style form of tp_redis_argv (hiredis's %s and %b). */
+int tp_redis_cmd(tp_redis *r, redisCallbackFn *fn, void *privdata, const char *fmt, ...);
+
+/**
+ * Opens a plain async connection to `host:port` on `base` (no AUTH, no
+ * reconnect), for answering node listeners. Returns NULL with `err` set.
+ * Sets TCP_NODELAY.
+ */
+redisAsyncContext *tp_redis_connect_raw(struct event_base *base, const char *host, int port,
+                                        char *err, size_t errlen);
+
+#endif

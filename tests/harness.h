@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Test harness shared by the cmocka tests: a private redis-server on a free
+ * loopback port (persistence off), stopped by its PID, and helpers to run
+ * an event loop until a condition holds.
+ */
+#ifndef TEMPEST_TEST_HARNESS_H
+#define TEMPEST_TEST_HARNESS_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+struct event_base;
+
+typedef struct tt_redis {
+    pid_t pid;      /* 0 when not running */
+    int port;       /* loopback TCP port */
+    char dir[256];  /* private working directory (removed by tt_redis_stop) */
+    char url[128];  /* "redis://127.0.0.1:<port>" */
+} tt_redis;
+
+/**
+ * Makes sure redis-server is available: when it is not, exits with 77
+ * (meson's "skipped") unless the environment has CI=true, where it fails
+ * (exit 1) with a message. Call it at the top of main() of integration tests.
+ */
+void tt_require_redis(void);
+
+/**
+ * Starts redis-server on 127.0.0.1 and a free port with `--save ""
+ * --appendonly no` plus the NULL-terminated `extra` arguments (may be NULL,
+ * e.g. {"--requirepass", "secret", NULL}), and waits until it answers PING
+ * (up to 5 s). Returns 0 or -1.
+ */
+int tt_redis_start(tt_redis *r, const char *const *extra);
+
+/** Stops it by PID (SIGTERM, then SIGKILL after 2 s), reaps it, removes dir. */
+void tt_redis_stop(tt_redis *r);
+
+/** SIGKILLs it (a crash), reaps it; the dir stays for a restart. */
+void tt_redis_kill(tt_redis *r);
+
+/** Starts it again on the same port and dir (after kill or stop). 0 or -1. */
+int tt_redis_restart(tt_redis *r, const char *const *extra);
+
+/**
+ * Runs a synchronous command on the server (hiredis, blocking; test only)
+ * and returns the reply as an integer (for :N replies), or the length of a
+ * list/array reply, or -1 on error. `fmt` as redisCommand.
+ */
+long long tt_redis_int(const tt_redis *r, const char *fmt, ...);
+
+/** Returns a free TCP port on 127.0.0.1 (bind to port 0, read, close). */
+int tt_free_port(void);
+
+/**
+ * Runs `base` until `cond(arg)` is true or `timeout_ms` passes; checks the
+ * condition at least every 5 ms. Returns true when the condition holds.
+ */
+bool tt_run_until(struct event_base *base, bool (*cond)(void *), void *arg, int timeout_ms);
+
+/** Runs `base` for `ms` milliseconds. */
+void tt_run_for(struct event_base *base, int ms);
+
+/** Monotonic milliseconds. */
+long long tt_now_ms(void);
+
+#endif
