@@ -57,8 +57,7 @@ typedef struct tp_listener tp_listener;
 
 /**
  * Binds `host:port` (port 0: any free port) on `base` and starts
- * accepting. `log` (may be NULL) receives warnings with `log_arg`. Returns
- * NULL with `err` set when the address cannot be bound.
+ * accepting. Returns NULL with `err` set when the address cannot be bound.
  */
 tp_listener *tp_listener_new(struct event_base *base, const char *host, int port,
                              const tp_listener_limits *limits, tp_command_fn *fn, void *arg,

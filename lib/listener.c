@@ -1,0 +1,1104 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Node listener: a RESP server on an evconnlistener and one bufferevent per
+ * connection. A tp_session turns a client's bytes into commands: multibulk
+ * requests go through hiredis's redisReader with object functions of our own
+ * that copy each argument into one arena per request and enforce the limits;
+ * inline commands (a line that does not start with '*') are split on blanks
+ * here. The session answers what an ordinary Redis client sends on its own
+ * and hands every other command to the owner's tp_command_fn, in request
+ * order. Any input that cannot be resynchronised gets one -ERR and closes
+ * that connection only; the reader never buffers more than max_request.
+ */
+#include "listener.h"
+
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+#include <hiredis/hiredis.h>
+
+#include <tempest/version.h>
+
+#if defined(__GNUC__)
+#define LST_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define LST_PRINTF(f, a)
+#endif
+
+#if HIREDIS_MAJOR >= 1
+typedef size_t array_count; /* hiredis 1.0 widened createArray's count */
+#else
+typedef int array_count;
+#endif
+
+#define DEFAULT_MAX_REQUEST ((size_t)64 << 20)
+#define DEFAULT_MAX_BUFFERED ((size_t)1 << 20)
+#define INLINE_MAX ((size_t)64 << 10)  /* longest inline command, as Redis */
+#define FEED_SLICE ((size_t)16 << 10)  /* bytes handed to the reader at a time */
+#define CONN_SLICE ((size_t)4 << 10)   /* socket input per feed: the backpressure grain */
+#define KEEP_BUFFER ((size_t)64 << 10) /* larger per-request buffers are released */
+
+enum {
+    DEFAULT_MAX_ARGS = 1024,
+    DEFAULT_MAX_CONNECTIONS = 1024,
+    HEADER_MAX = 24,       /* "$", 20 digits, CRLF: a longer pending header is garbage */
+    CLOSE_TIMEOUT_SEC = 5, /* how long a closing connection may take to flush */
+    ACCEPT_RETRY_USEC = 100000,
+};
+
+/* ---- RESP replies ----------------------------------------------------- */
+
+/* One line reply; CR and LF in `text` become spaces so the reply stays one line. */
+static void resp_line(struct evbuffer *out, char type, const char *text) {
+    evbuffer_add(out, &type, 1);
+    while (*text != '\0') {
+        size_t n = strcspn(text, "\r\n");
+        evbuffer_add(out, text, n);
+        text += n;
+        if (*text != '\0') {
+            evbuffer_add(out, " ", 1);
+            text++;
+        }
+    }
+    evbuffer_add(out, "\r\n", 2);
+}
+
+void tp_resp_status(struct evbuffer *out, const char *status) {
+    resp_line(out, '+', status != NULL ? status : "");
+}
+
+void tp_resp_error(struct evbuffer *out, const char *message) {
+    resp_line(out, '-', message != NULL ? message : "ERR");
+}
+
+void tp_resp_integer(struct evbuffer *out, long long value) {
+    evbuffer_add_printf(out, ":%lld\r\n", value);
+}
+
+void tp_resp_bulk(struct evbuffer *out, const char *buf, size_t len) {
+    evbuffer_add_printf(out, "$%zu\r\n", len);
+    if (len > 0)
+        evbuffer_add(out, buf, len);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+void tp_resp_nil(struct evbuffer *out) {
+    evbuffer_add(out, "$-1\r\n", 5);
+}
+
+static void resp_errorf(struct evbuffer *out, const char *fmt, ...) LST_PRINTF(2, 3);
+
+static void resp_errorf(struct evbuffer *out, const char *fmt, ...) {
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    tp_resp_error(out, msg);
+}
+
+/* ---- session state ---------------------------------------------------- */
+
+enum session_mode {
+    MODE_IDLE,   /* between requests; nothing of the next one seen */
+    MODE_INLINE, /* part of an inline command is in `line` */
+    MODE_MULTI,  /* the reader holds part of a multibulk request */
+};
+
+/* The command being built: argv/lens/off have room for `cap` arguments. */
+struct request {
+    int argc; /* elements announced (multibulk) or found (inline) */
+    int got;  /* multibulk elements received */
+    int cap;
+    size_t size;       /* argument bytes received, <= max_request */
+    const char **argv; /* filled just before dispatch */
+    size_t *lens;
+    size_t *off; /* multibulk: offset of each argument in `arena` */
+    char *arena; /* multibulk arguments, each NUL-terminated */
+    size_t arena_len;
+    size_t arena_cap;
+};
+
+struct tp_session {
+    tp_listener_limits lim;
+    tp_command_fn *fn;
+    void *arg;
+    redisReader *reader;
+    redisReplyObjectFunctions fns; /* the reader keeps a pointer to it */
+    enum session_mode mode;
+    int rc;        /* 0, or 1 / -1 once the client quit / the stream broke: sticky */
+    long long id;  /* CLIENT ID */
+    char err[200]; /* why an object function refused (the reader says "Out of memory") */
+    struct request req;
+    char *line; /* the inline command being read, without its '\n' */
+    size_t line_len;
+    size_t line_cap;
+    size_t inline_max;
+    char *name; /* CLIENT SETNAME */
+    size_t name_len;
+};
+
+static void limits_fill(tp_listener_limits *dst, const tp_listener_limits *src) {
+    *dst = src != NULL ? *src : (tp_listener_limits){0};
+    if (dst->max_request == 0)
+        dst->max_request = DEFAULT_MAX_REQUEST;
+    if (dst->max_buffered == 0)
+        dst->max_buffered = DEFAULT_MAX_BUFFERED;
+    if (dst->max_args <= 0)
+        dst->max_args = DEFAULT_MAX_ARGS;
+    if (dst->max_connections <= 0)
+        dst->max_connections = DEFAULT_MAX_CONNECTIONS;
+}
+
+/* Answers why the stream cannot go on; the session then refuses all input. */
+static int session_fail(tp_session *s, struct evbuffer *out, const char *fmt, ...) LST_PRINTF(3, 4);
+
+static int session_fail(tp_session *s, struct evbuffer *out, const char *fmt, ...) {
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    tp_resp_error(out, msg);
+    s->rc = -1;
+    return -1;
+}
+
+static int grow(void **p, size_t n, size_t size) {
+    if (n > SIZE_MAX / size)
+        return -1;
+    void *q = realloc(*p, n * size);
+    if (q == NULL)
+        return -1;
+    *p = q;
+    return 0;
+}
+
+/* Makes room for `n` arguments. */
+static int req_reserve(struct request *q, int n) {
+    if (n <= q->cap)
+        return 0;
+    size_t cap = (size_t)n;
+    if (grow((void **)&q->argv, cap, sizeof *q->argv) != 0 ||
+        grow((void **)&q->lens, cap, sizeof *q->lens) != 0 ||
+        grow((void **)&q->off, cap, sizeof *q->off) != 0)
+        return -1;
+    q->cap = n;
+    return 0;
+}
+
+/* Copies one argument (and a NUL) to the arena; `len` is within max_request. */
+static int arena_append(struct request *q, const char *buf, size_t len, size_t *off) {
+    size_t need = q->arena_len + len + 1;
+    if (need > q->arena_cap) {
+        size_t cap = q->arena_cap * 2 > need ? q->arena_cap * 2 : need;
+        if (cap < 256)
+            cap = 256;
+        if (grow((void **)&q->arena, cap, 1) != 0)
+            return -1;
+        q->arena_cap = cap;
+    }
+    *off = q->arena_len;
+    memcpy(q->arena + q->arena_len, buf, len);
+    q->arena[q->arena_len + len] = '\0';
+    q->arena_len = need;
+    return 0;
+}
+
+/* Forgets the last request; a large arena goes back to the allocator. */
+static void req_done(struct request *q) {
+    q->argc = q->got = 0;
+    q->size = q->arena_len = 0;
+    if (q->arena_cap > KEEP_BUFFER) {
+        free(q->arena);
+        q->arena = NULL;
+        q->arena_cap = 0;
+    }
+}
+
+/* ---- built-in commands ------------------------------------------------ */
+
+typedef int builtin_fn(tp_session *s, int argc, const char **argv, const size_t *lens,
+                       struct evbuffer *out);
+
+static bool word_is(const char *arg, size_t len, const char *word) {
+    return strlen(word) == len && strncasecmp(arg, word, len) == 0;
+}
+
+static int arity_error(struct evbuffer *out, const char *command) {
+    resp_errorf(out, "ERR wrong number of arguments for '%s' command", command);
+    return 0;
+}
+
+static bool is_integer(const char *arg, size_t len) {
+    size_t i = len > 0 && arg[0] == '-';
+    if (i == len || len > 20)
+        return false;
+    for (; i < len; i++)
+        if (arg[i] < '0' || arg[i] > '9')
+            return false;
+    return true;
+}
+
+static int cmd_ping(tp_session *s, int argc, const char **argv, const size_t *lens,
+                    struct evbuffer *out) {
+    (void)s;
+    if (argc > 2)
+        return arity_error(out, "ping");
+    if (argc == 2)
+        tp_resp_bulk(out, argv[1], lens[1]);
+    else
+        tp_resp_status(out, "PONG");
+    return 0;
+}
+
+static int cmd_echo(tp_session *s, int argc, const char **argv, const size_t *lens,
+                    struct evbuffer *out) {
+    (void)s;
+    if (argc != 2)
+        return arity_error(out, "echo");
+    tp_resp_bulk(out, argv[1], lens[1]);
+    return 0;
+}
+
+static const struct info_section {
+    const char *name;
+    const char *text;
+} info_sections[] = {
+    {.name = "Server",
+     .text = "redis_version:7.0.0\r\n"
+             "tempest_version:" TEMPEST_VERSION_STRING "\r\n"
+             "redis_mode:standalone\r\n"},
+    {.name = "Persistence", .text = "loading:0\r\n"},
+    {.name = "Replication", .text = "role:master\r\nconnected_slaves:0\r\n"},
+};
+
+static bool info_wanted(int argc, const char **argv, const size_t *lens, const char *name) {
+    if (argc < 2)
+        return true;
+    for (int i = 1; i < argc; i++)
+        if (word_is(argv[i], lens[i], name) || word_is(argv[i], lens[i], "all") ||
+            word_is(argv[i], lens[i], "everything") || word_is(argv[i], lens[i], "default"))
+            return true;
+    return false;
+}
+
+static int cmd_info(tp_session *s, int argc, const char **argv, const size_t *lens,
+                    struct evbuffer *out) {
+    char text[1024];
+    size_t len = 0;
+    (void)s;
+    for (size_t i = 0; i < sizeof info_sections / sizeof *info_sections; i++) {
+        const struct info_section *sec = &info_sections[i];
+        if (!info_wanted(argc, argv, lens, sec->name))
+            continue;
+        int n = snprintf(text + len, sizeof text - len, "%s# %s\r\n%s", len > 0 ? "\r\n" : "",
+                         sec->name, sec->text);
+        if (n < 0 || (size_t)n >= sizeof text - len)
+            break;
+        len += (size_t)n;
+    }
+    tp_resp_bulk(out, text, len);
+    return 0;
+}
+
+static int cmd_select(tp_session *s, int argc, const char **argv, const size_t *lens,
+                      struct evbuffer *out) {
+    (void)s;
+    if (argc != 2)
+        return arity_error(out, "select");
+    if (is_integer(argv[1], lens[1]))
+        tp_resp_status(out, "OK");
+    else
+        tp_resp_error(out, "ERR invalid DB index");
+    return 0;
+}
+
+static int client_setname(tp_session *s, int argc, const char **argv, const size_t *lens,
+                          struct evbuffer *out) {
+    char *name = NULL;
+    if (argc != 3)
+        return arity_error(out, "client|setname");
+    if (lens[2] > 0 && (name = malloc(lens[2] + 1)) == NULL) {
+        tp_resp_error(out, "ERR out of memory");
+        return 0;
+    }
+    if (name != NULL)
+        memcpy(name, argv[2], lens[2] + 1);
+    free(s->name);
+    s->name = name; /* an empty name clears it, as in Redis */
+    s->name_len = lens[2];
+    tp_resp_status(out, "OK");
+    return 0;
+}
+
+static void client_info(const tp_session *s, struct evbuffer *out) {
+    char text[160];
+    int n = snprintf(text, sizeof text, "id=%lld name=%.*s db=0 cmd=client\n", s->id,
+                     s->name != NULL ? (int)(s->name_len < 64 ? s->name_len : 64) : 0,
+                     s->name != NULL ? s->name : "");
+    tp_resp_bulk(out, text, n > 0 && (size_t)n < sizeof text ? (size_t)n : 0);
+}
+
+static int cmd_client(tp_session *s, int argc, const char **argv, const size_t *lens,
+                      struct evbuffer *out) {
+    if (argc < 2)
+        return arity_error(out, "client");
+    const char *sub = argv[1];
+    size_t n = lens[1];
+    if (word_is(sub, n, "SETNAME"))
+        return client_setname(s, argc, argv, lens, out);
+    if (word_is(sub, n, "GETNAME") && s->name != NULL)
+        tp_resp_bulk(out, s->name, s->name_len);
+    else if (word_is(sub, n, "GETNAME"))
+        tp_resp_nil(out);
+    else if (word_is(sub, n, "ID"))
+        tp_resp_integer(out, s->id);
+    else if (word_is(sub, n, "INFO") || word_is(sub, n, "LIST"))
+        client_info(s, out);
+    else
+        tp_resp_status(out, "OK"); /* SETINFO, NO-EVICT, NO-TOUCH, TRACKING... */
+    return 0;
+}
+
+static int cmd_quit(tp_session *s, int argc, const char **argv, const size_t *lens,
+                    struct evbuffer *out) {
+    (void)s, (void)argc, (void)argv, (void)lens;
+    tp_resp_status(out, "OK");
+    return 1;
+}
+
+static int cmd_command(tp_session *s, int argc, const char **argv, const size_t *lens,
+                       struct evbuffer *out) {
+    (void)s, (void)argc, (void)argv, (void)lens;
+    evbuffer_add(out, "*0\r\n", 4);
+    return 0;
+}
+
+/* RESP3-capable clients fall back to RESP2 on this error, as with Redis 6. */
+static int cmd_hello(tp_session *s, int argc, const char **argv, const size_t *lens,
+                     struct evbuffer *out) {
+    (void)s, (void)argc, (void)argv, (void)lens;
+    tp_resp_error(out, "NOPROTO sorry, this protocol version is not supported");
+    return 0;
+}
+
+static int cmd_ok(tp_session *s, int argc, const char **argv, const size_t *lens,
+                  struct evbuffer *out) {
+    (void)s, (void)argc, (void)argv, (void)lens;
+    tp_resp_status(out, "OK");
+    return 0;
+}
+
+static const struct builtin {
+    const char *name;
+    builtin_fn *run;
+} builtins[] = {
+    {.name = "PING", .run = cmd_ping},       {.name = "ECHO", .run = cmd_echo},
+    {.name = "INFO", .run = cmd_info},       {.name = "SELECT", .run = cmd_select},
+    {.name = "CLIENT", .run = cmd_client},   {.name = "QUIT", .run = cmd_quit},
+    {.name = "COMMAND", .run = cmd_command}, {.name = "HELLO", .run = cmd_hello},
+    {.name = "READONLY", .run = cmd_ok},     {.name = "READWRITE", .run = cmd_ok},
+};
+
+static void unknown_command(struct evbuffer *out, const char *name, size_t len) {
+    char shown[65];
+    size_t n = len < sizeof shown - 1 ? len : sizeof shown - 1;
+    for (size_t i = 0; i < n; i++)
+        shown[i] = name[i] >= ' ' && name[i] < 127 ? name[i] : '?';
+    shown[n] = '\0';
+    resp_errorf(out, "ERR unknown command '%s'", shown);
+}
+
+/* Runs one command; exactly one reply goes to `out`. */
+static void run_command(tp_session *s, int argc, const char **argv, const size_t *lens,
+                        struct evbuffer *out) {
+    for (size_t i = 0; i < sizeof builtins / sizeof *builtins; i++) {
+        if (word_is(argv[0], lens[0], builtins[i].name)) {
+            if (builtins[i].run(s, argc, argv, lens, out) == 1)
+                s->rc = 1;
+            return;
+        }
+    }
+    if (s->fn == NULL) {
+        unknown_command(out, argv[0], lens[0]);
+        return;
+    }
+    size_t before = evbuffer_get_length(out);
+    s->fn(s->arg, argc, argv, lens, out);
+    if (evbuffer_get_length(out) == before)
+        tp_resp_error(out, "ERR the command gave no reply"); /* keeps the client in step */
+}
+
+/* ---- multibulk requests through redisReader --------------------------- */
+
+static void *refuse(tp_session *s, const char *fmt, ...) LST_PRINTF(2, 3);
+
+/* Makes the reader stop with an error (it reports a NULL object as out of memory). */
+static void *refuse(tp_session *s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->err, sizeof s->err, fmt, ap);
+    va_end(ap);
+    return NULL;
+}
+
+static char type_byte(int type) {
+    switch (type) {
+    case REDIS_REPLY_STRING:
+        return '$';
+    case REDIS_REPLY_ARRAY:
+        return '*';
+    case REDIS_REPLY_INTEGER:
+        return ':';
+    case REDIS_REPLY_STATUS:
+        return '+';
+    case REDIS_REPLY_ERROR:
+        return '-';
+    default:
+        return '?';
+    }
+}
+
+/*
+ * hiredis 0.14 reads lengths with neither syntax nor overflow checks ("$1x"
+ * reads as -1, a 20-digit length wraps around), so the header line whose CR
+ * is at offset `cr` of the reader's buffer must spell `value` exactly, right
+ * after its type byte or at the start of the buffer (the reader may have
+ * discarded a type byte it had consumed).
+ */
+static bool header_is(const redisReader *r, size_t cr, long long value) {
+    char digits[24];
+    int n = snprintf(digits, sizeof digits, "%lld", value);
+    if (value < 0 || n <= 0 || (size_t)n > cr || cr + 2 > r->len)
+        return false;
+    size_t start = cr - (size_t)n;
+    if (memcmp(r->buf + start, digits, (size_t)n) != 0 || memcmp(r->buf + cr, "\r\n", 2) != 0)
+        return false;
+    return start == 0 || r->buf[start - 1] == '$' || r->buf[start - 1] == '*';
+}
+
+/* A bulk string the reader found at `str`: "$<len>\r\n" before, CRLF after. */
+static bool bulk_is_framed(const redisReader *r, const char *str, size_t len) {
+    if (str < r->buf + 2 || str > r->buf + r->len || len > (size_t)(r->buf + r->len - str) ||
+        (size_t)(r->buf + r->len - str) - len < 2)
+        return false;
+    if (str[len] != '\r' || str[len + 1] != '\n')
+        return false;
+    return len <= LLONG_MAX && header_is(r, (size_t)(str - r->buf) - 2, (long long)len);
+}
+
+static void *rd_array(const redisReadTask *task, array_count count) {
+    tp_session *s = task->privdata;
+    const redisReader *r = s->reader;
+    struct request *q = &s->req;
+    long long n = (long long)count;
+    if (task->parent != NULL || task->type != REDIS_REPLY_ARRAY)
+        return refuse(s, "ERR Protocol error: expected '$', got '%c'", type_byte(task->type));
+    if (r->pos < 2 || !header_is(r, r->pos - 2, n))
+        return refuse(s, "ERR Protocol error: invalid multibulk length");
+    if (n < 1)
+        return refuse(s, "ERR Protocol error: empty request");
+    if (n > s->lim.max_args)
+        return refuse(s, "ERR Protocol error: %lld arguments, the limit is %d", n, s->lim.max_args);
+    if (req_reserve(q, (int)n) != 0)
+        return refuse(s, "ERR out of memory");
+    req_done(q);
+    q->argc = (int)n;
+    return s;
+}
+
+static void *rd_string(const redisReadTask *task, char *str, size_t len) {
+    tp_session *s = task->privdata;
+    struct request *q = &s->req;
+    if (task->parent == NULL || task->type != REDIS_REPLY_STRING)
+        return refuse(s, "ERR Protocol error: expected '$', got '%c'", type_byte(task->type));
+    if (task->idx < 0 || task->idx >= q->argc || !bulk_is_framed(s->reader, str, len))
+        return refuse(s, "ERR Protocol error: invalid bulk length");
+    if (len > s->lim.max_request - q->size)
+        return refuse(s, "ERR Protocol error: request over the limit of %zu bytes",
+                      s->lim.max_request);
+    if (arena_append(q, str, len, &q->off[task->idx]) != 0)
+        return refuse(s, "ERR out of memory");
+    q->lens[task->idx] = len;
+    q->size += len;
+    q->got++;
+    return s;
+}
+
+static void *rd_integer(const redisReadTask *task, long long value) {
+    (void)value;
+    return refuse(task->privdata, "ERR Protocol error: expected '$', got ':'");
+}
+
+static void *rd_nil(const redisReadTask *task) {
+    if (task->parent == NULL)
+        return refuse(task->privdata, "ERR Protocol error: expected an array of bulk strings");
+    return refuse(task->privdata, "ERR Protocol error: invalid bulk length");
+}
+
+/* Every object is the session itself: the request lives in s->req. */
+static void rd_free(void *obj) {
+    (void)obj;
+}
+
+static int reader_failed(tp_session *s, struct evbuffer *out) {
+    const char *why = s->reader->errstr;
+    if (s->err[0] != '\0')
+        return session_fail(s, out, "%s", s->err);
+    if (s->reader->err == REDIS_ERR_OOM)
+        return session_fail(s, out, "ERR out of memory");
+    if (strncmp(why, "Protocol error, ", 16) == 0)
+        why += 16;
+    return session_fail(s, out, "ERR Protocol error: %s", why);
+}
+
+/*
+ * The length announced by the header the reader waits on (a bulk whose data
+ * is incomplete: complete header lines never stay pending otherwise); -1
+ * while the header is incomplete, -2 when the bytes cannot be a length.
+ */
+static long long pending_length(const char *p, size_t n) {
+    size_t i = n > 0 && (p[0] == '$' || p[0] == '*');
+    size_t first = i;
+    long long v = 0;
+    for (; i < n && p[i] >= '0' && p[i] <= '9'; i++) {
+        if (v > (LLONG_MAX - 9) / 10)
+            return LLONG_MAX;
+        v = v * 10 + (p[i] - '0');
+    }
+    if (i == n || (p[i] == '\r' && i + 1 == n))
+        return n < HEADER_MAX ? -1 : -2;
+    return p[i] == '\r' && p[i + 1] == '\n' && i > first ? v : -2;
+}
+
+/*
+ * Refuses to buffer a request over max_request, as soon as its header says
+ * so. The reader's unparsed bytes are one header and part of its data, so
+ * they stay under max_request plus a header.
+ */
+static int check_pending(tp_session *s, struct evbuffer *out) {
+    const redisReader *r = s->reader;
+    size_t n = r->len - r->pos;
+    size_t room = s->lim.max_request - s->req.size;
+    long long want = pending_length(r->buf + r->pos, n);
+    if (want == -2)
+        return session_fail(s, out, "ERR Protocol error: invalid length");
+    if ((want >= 0 && (unsigned long long)want > room) || (n > HEADER_MAX && n - HEADER_MAX > room))
+        return session_fail(s, out, "ERR Protocol error: request over the limit of %zu bytes",
+                            s->lim.max_request);
+    return 0;
+}
+
+static void run_request(tp_session *s, struct evbuffer *out) {
+    struct request *q = &s->req;
+    if (q->got != q->argc) { /* a reply type these object functions never see */
+        session_fail(s, out, "ERR Protocol error: expected an array of bulk strings");
+        return;
+    }
+    for (int i = 0; i < q->argc; i++)
+        q->argv[i] = q->arena + q->off[i];
+    run_command(s, q->argc, q->argv, q->lens, out);
+    req_done(q);
+}
+
+/* ---- inline commands -------------------------------------------------- */
+
+static bool is_blank(char c) {
+    return c == ' ' || c == '\t';
+}
+
+/* Splits `line` (NUL-terminated, `len` bytes) on blanks in place; -1 over max_args. */
+static int split_inline(tp_session *s, char *line, size_t len) {
+    struct request *q = &s->req;
+    char *p = line, *end = line + len;
+    int argc = 0;
+    while (p < end) {
+        while (p < end && is_blank(*p))
+            p++;
+        if (p == end)
+            break;
+        if (argc == s->lim.max_args || req_reserve(q, argc + 1) != 0)
+            return -1;
+        q->argv[argc] = p;
+        while (p < end && !is_blank(*p))
+            p++;
+        q->lens[argc] = (size_t)(p - q->argv[argc]);
+        argc++;
+        *p++ = '\0'; /* a blank, or the NUL at end */
+    }
+    return argc;
+}
+
+static void run_inline(tp_session *s, struct evbuffer *out) {
+    size_t len = s->line_len;
+    if (len > 0 && s->line[len - 1] == '\r')
+        len--;
+    s->line[len] = '\0';
+    int argc = len > s->inline_max ? -2 : split_inline(s, s->line, len);
+    if (argc == -2)
+        session_fail(s, out, "ERR Protocol error: too big inline request");
+    else if (argc < 0)
+        session_fail(s, out, "ERR Protocol error: too many arguments in inline request");
+    else if (argc > 0) /* empty lines are ignored, as Redis does */
+        run_command(s, argc, s->req.argv, s->req.lens, out);
+    s->line_len = 0;
+    if (s->line_cap > KEEP_BUFFER / 16) {
+        free(s->line);
+        s->line = NULL;
+        s->line_cap = 0;
+    }
+}
+
+static int line_append(tp_session *s, const char *p, size_t n) {
+    size_t need = s->line_len + n + 1;
+    if (need > s->line_cap) {
+        size_t cap = s->line_cap * 2 > need ? s->line_cap * 2 : need;
+        if (grow((void **)&s->line, cap < 128 ? 128 : cap, 1) != 0)
+            return -1;
+        s->line_cap = cap < 128 ? 128 : cap;
+    }
+    memcpy(s->line + s->line_len, p, n);
+    s->line_len += n;
+    return 0;
+}
+
+/*
+ * Takes inline bytes up to and including the next '\n'; returns how many.
+ * The line may hold inline_max bytes and its CR (run_inline checks the rest).
+ */
+static size_t inline_consume(tp_session *s, const char *p, size_t n, struct evbuffer *out) {
+    const char *nl = memchr(p, '\n', n);
+    size_t take = nl != NULL ? (size_t)(nl - p) : n;
+    if (take > s->inline_max + 1 - s->line_len) {
+        session_fail(s, out, "ERR Protocol error: too big inline request");
+        return n;
+    }
+    if (line_append(s, p, take) != 0) {
+        session_fail(s, out, "ERR out of memory");
+        return n;
+    }
+    if (nl == NULL)
+        return n;
+    run_inline(s, out);
+    s->mode = MODE_IDLE;
+    return take + 1;
+}
+
+/* ---- feeding ---------------------------------------------------------- */
+
+/*
+ * The first byte of a request picks its kind: '*' a multibulk request, a
+ * RESP type byte a bare value (a protocol error), anything else an inline
+ * command. Returns false when the session failed.
+ */
+static bool start_request(tp_session *s, char first, struct evbuffer *out) {
+    if (first == '*')
+        s->mode = MODE_MULTI;
+    else if (strchr("$:+-", first) != NULL && first != '\0')
+        session_fail(s, out, "ERR Protocol error: expected '*', got '%c'", first);
+    else
+        s->mode = MODE_INLINE;
+    return s->rc == 0;
+}
+
+/*
+ * At a request boundary with bytes left in the reader (they followed a
+ * multibulk request): runs the inline commands among them in place. True
+ * when the next request is a multibulk one, for the reader.
+ */
+static bool take_leftover(tp_session *s, struct evbuffer *out) {
+    redisReader *r = s->reader;
+    while (s->rc == 0 && r->pos < r->len) {
+        if (s->mode == MODE_IDLE && !start_request(s, r->buf[r->pos], out))
+            return false;
+        if (s->mode == MODE_MULTI)
+            return true;
+        r->pos += inline_consume(s, r->buf + r->pos, r->len - r->pos, out);
+    }
+    return false;
+}
+
+/* Runs every complete request in the reader, then checks what stays pending. */
+static int drain_reader(tp_session *s, struct evbuffer *out) {
+    while (s->rc == 0) {
+        void *reply = NULL;
+        if (s->mode != MODE_MULTI && !take_leftover(s, out))
+            break;
+        if (redisReaderGetReply(s->reader, &reply) != REDIS_OK)
+            return reader_failed(s, out);
+        if (reply == NULL)
+            return check_pending(s, out);
+        s->mode = MODE_IDLE;
+        run_request(s, out);
+    }
+    return s->rc;
+}
+
+int tp_session_feed(tp_session *s, const char *buf, size_t len, struct evbuffer *out) {
+    if (s == NULL || out == NULL)
+        return -1;
+    while (s->rc == 0 && len > 0) {
+        if (s->mode == MODE_IDLE && !start_request(s, buf[0], out))
+            break;
+        size_t n = len < FEED_SLICE ? len : FEED_SLICE;
+        if (s->mode == MODE_INLINE)
+            n = inline_consume(s, buf, len, out);
+        else if (redisReaderFeed(s->reader, buf, n) != REDIS_OK)
+            return reader_failed(s, out);
+        else
+            drain_reader(s, out);
+        buf += n;
+        len -= n;
+    }
+    return s->rc;
+}
+
+tp_session *tp_session_new(const tp_listener_limits *limits, tp_command_fn *fn, void *arg) {
+    tp_session *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return NULL;
+    limits_fill(&s->lim, limits);
+    s->fns = (redisReplyObjectFunctions){.createString = rd_string,
+                                         .createArray = rd_array,
+                                         .createInteger = rd_integer,
+                                         .createNil = rd_nil,
+                                         .freeObject = rd_free};
+    s->reader = redisReaderCreateWithFunctions(&s->fns);
+    if (s->reader == NULL)
+        goto fail;
+    s->reader->privdata = s;
+    s->fn = fn;
+    s->arg = arg;
+    s->id = 1;
+    s->inline_max = s->lim.max_request < INLINE_MAX ? s->lim.max_request : INLINE_MAX;
+    return s;
+fail:
+    free(s);
+    return NULL;
+}
+
+void tp_session_free(tp_session *s) {
+    if (s == NULL)
+        return;
+    redisReaderFree(s->reader);
+    free(s->req.argv);
+    free(s->req.lens);
+    free(s->req.off);
+    free(s->req.arena);
+    free(s->line);
+    free(s->name);
+    free(s);
+}
+
+/* ---- sockets ---------------------------------------------------------- */
+
+struct conn {
+    tp_listener *l;
+    struct bufferevent *bev;
+    tp_session *s;
+    struct conn *prev, *next;
+    bool paused;  /* reading stopped while replies are over max_buffered */
+    bool closing; /* reading stopped for good; freed once the replies are out */
+};
+
+struct tp_listener {
+    struct event_base *base;
+    struct evconnlistener *evl;
+    struct event *retry; /* re-enables accepting after an accept error */
+    tp_listener_limits lim;
+    tp_command_fn *fn;
+    void *arg;
+    struct conn *conns;
+    int nconns;
+    int port;
+    long long next_id;
+    int busy;     /* depth of session feeds on the stack (the callback may free us) */
+    bool freeing; /* tp_listener_free was called while busy */
+};
+
+static void conn_free(struct conn *c) {
+    tp_listener *l = c->l;
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        l->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    l->nconns--;
+    bufferevent_free(c->bev);
+    tp_session_free(c->s);
+    free(c);
+}
+
+static void listener_destroy(tp_listener *l) {
+    if (l->evl != NULL)
+        evconnlistener_free(l->evl);
+    while (l->conns != NULL)
+        conn_free(l->conns);
+    if (l->retry != NULL)
+        event_free(l->retry);
+    free(l);
+}
+
+/* Stops reading for good; frees the connection once its replies are written. */
+static void conn_finish(struct conn *c) {
+    struct timeval tv = {.tv_sec = CLOSE_TIMEOUT_SEC};
+    c->closing = true;
+    bufferevent_disable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        conn_free(c);
+        return;
+    }
+    bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    bufferevent_set_timeouts(c->bev, NULL, &tv);
+}
+
+/* Feeds one chunk of buffered input to the session. */
+static int conn_feed_chunk(struct conn *c) {
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer_iovec v;
+    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+        return 0;
+    size_t n = v.iov_len < CONN_SLICE ? v.iov_len : CONN_SLICE;
+    int rc = tp_session_feed(c->s, v.iov_base, n, bufferevent_get_output(c->bev));
+    evbuffer_drain(in, n);
+    return rc;
+}
+
+/*
+ * Feeds the buffered input until it is empty or the replies pile up over
+ * max_buffered. May free `c`, and the listener when the command callback
+ * freed it: callers must not touch either afterwards.
+ */
+static void conn_process(struct conn *c) {
+    tp_listener *l = c->l;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    int rc = 0;
+    l->busy++;
+    while (rc == 0 && !c->paused && !l->freeing && evbuffer_get_length(in) > 0) {
+        rc = conn_feed_chunk(c);
+        if (rc == 0 && evbuffer_get_length(out) > l->lim.max_buffered) {
+            c->paused = true;
+            bufferevent_disable(c->bev, EV_READ);
+        }
+    }
+    l->busy--;
+    if (l->freeing) {
+        if (l->busy == 0)
+            listener_destroy(l);
+        return;
+    }
+    if (rc != 0)
+        conn_finish(c);
+}
+
+static void on_read(struct bufferevent *bev, void *arg) {
+    (void)bev;
+    conn_process(arg);
+}
+
+static void on_write(struct bufferevent *bev, void *arg) {
+    struct conn *c = arg;
+    size_t pending = evbuffer_get_length(bufferevent_get_output(bev));
+    if (c->closing) {
+        if (pending == 0)
+            conn_free(c);
+        return;
+    }
+    if (c->paused && pending <= c->l->lim.max_buffered / 2) {
+        c->paused = false;
+        bufferevent_enable(bev, EV_READ);
+        conn_process(c); /* what was read before the pause */
+    }
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg) {
+    struct conn *c = arg;
+    (void)bev;
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !c->closing)
+        conn_finish(c); /* a half-closed client still gets its replies */
+    else
+        conn_free(c);
+}
+
+static void set_nodelay(evutil_socket_t fd) {
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+/* Takes over `fd` (closes it on failure). */
+static void conn_new(tp_listener *l, evutil_socket_t fd) {
+    struct conn *c = calloc(1, sizeof *c);
+    if (c == NULL || (c->s = tp_session_new(&l->lim, l->fn, l->arg)) == NULL)
+        goto fail;
+    c->bev = bufferevent_socket_new(l->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (c->bev == NULL)
+        goto fail;
+    fd = -1;
+    c->l = l;
+    c->s->id = ++l->next_id;
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    bufferevent_setwatermark(c->bev, EV_WRITE, l->lim.max_buffered / 2, 0);
+    if (bufferevent_enable(c->bev, EV_READ | EV_WRITE) != 0)
+        goto fail;
+    set_nodelay(bufferevent_getfd(c->bev));
+    c->next = l->conns;
+    if (l->conns != NULL)
+        l->conns->prev = c;
+    l->conns = c;
+    l->nconns++;
+    return;
+fail:
+    if (c != NULL && c->bev != NULL)
+        bufferevent_free(c->bev);
+    if (fd >= 0)
+        evutil_closesocket(fd);
+    if (c != NULL)
+        tp_session_free(c->s);
+    free(c);
+}
+
+static void refuse_connection(evutil_socket_t fd) {
+    static const char msg[] = "-ERR max number of clients reached\r\n";
+#ifdef MSG_NOSIGNAL
+    (void)send(fd, msg, sizeof msg - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+#else
+    (void)send(fd, msg, sizeof msg - 1, MSG_DONTWAIT);
+#endif
+    evutil_closesocket(fd);
+}
+
+static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg) {
+    tp_listener *l = arg;
+    (void)evl, (void)sa, (void)salen;
+    if (l->nconns >= l->lim.max_connections)
+        refuse_connection(fd);
+    else
+        conn_new(l, fd);
+}
+
+/* Out of descriptors, most likely: pause accepting instead of spinning. */
+static void on_accept_error(struct evconnlistener *evl, void *arg) {
+    tp_listener *l = arg;
+    struct timeval tv = {.tv_usec = ACCEPT_RETRY_USEC};
+    evconnlistener_disable(evl);
+    evtimer_add(l->retry, &tv);
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg) {
+    tp_listener *l = arg;
+    (void)fd, (void)what;
+    evconnlistener_enable(l->evl);
+}
+
+static int bound_port(struct evconnlistener *evl) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(evconnlistener_get_fd(evl), (struct sockaddr *)&ss, &len) != 0)
+        return -1;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return -1;
+}
+
+/* Binds the first address `host` resolves to that accepts a bind. */
+static int listener_bind(tp_listener *l, const char *host, int port, char *err, size_t errlen) {
+    const unsigned flags = LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    char service[16];
+    snprintf(service, sizeof service, "%d", port);
+    int rc = getaddrinfo(host, service, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot resolve %s: %s", host ? host : "*", gai_strerror(rc));
+        return -1;
+    }
+    int saved = 0;
+    for (struct addrinfo *ai = res; ai != NULL && l->evl == NULL; ai = ai->ai_next) {
+        l->evl = evconnlistener_new_bind(l->base, on_accept, l, flags, -1, ai->ai_addr,
+                                         (int)ai->ai_addrlen);
+        saved = EVUTIL_SOCKET_ERROR();
+    }
+    freeaddrinfo(res);
+    if (l->evl == NULL)
+        snprintf(err, errlen, "cannot bind %s:%d: %s", host ? host : "*", port,
+                 evutil_socket_error_to_string(saved));
+    return l->evl != NULL ? 0 : -1;
+}
+
+tp_listener *tp_listener_new(struct event_base *base, const char *host, int port,
+                             const tp_listener_limits *limits, tp_command_fn *fn, void *arg,
+                             char *err, size_t errlen) {
+    char scratch[8];
+    if (err == NULL || errlen == 0)
+        err = scratch, errlen = sizeof scratch;
+    if (base == NULL || port < 0 || port > 65535) {
+        snprintf(err, errlen, "invalid listener address (port %d)", port);
+        return NULL;
+    }
+    tp_listener *l = calloc(1, sizeof *l);
+    if (l == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    l->base = base;
+    l->fn = fn;
+    l->arg = arg;
+    limits_fill(&l->lim, limits);
+    l->retry = evtimer_new(base, on_retry, l);
+    if (l->retry == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (listener_bind(l, host, port, err, errlen) != 0)
+        goto fail;
+    evconnlistener_set_error_cb(l->evl, on_accept_error);
+    l->port = bound_port(l->evl);
+    return l;
+fail:
+    listener_destroy(l);
+    return NULL;
+}
+
+int tp_listener_port(const tp_listener *l) {
+    return l != NULL ? l->port : -1;
+}
+
+int tp_listener_connections(const tp_listener *l) {
+    return l != NULL ? l->nconns : 0;
+}
+
+void tp_listener_free(tp_listener *l) {
+    if (l == NULL)
+        return;
+    if (l->busy == 0) {
+        listener_destroy(l);
+        return;
+    }
+    /* Called from the command callback: no further command runs; the feed
+     * that is on the stack finishes the job (conn_process). */
+    l->freeing = true;
+    for (struct conn *c = l->conns; c != NULL; c = c->next)
+        c->s->rc = -1;
+}
