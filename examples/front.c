@@ -70,6 +70,7 @@ int main(int argc, char **argv) {
         tempest_node_free(node);
         return 1;
     }
+    signal(SIGPIPE, SIG_IGN); /* a client that resets must not kill the front */
     struct event_base *base = tempest_node_base(node);
     struct event *sigint = evsignal_new(base, SIGINT, on_signal, base);
     struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, base);

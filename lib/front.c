@@ -7,7 +7,9 @@
  * client leaves, so each waiting request watches its connection's close
  * callback and cancels its job there.
  */
+#include <errno.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -24,6 +26,7 @@ typedef struct front_req {
     tempest_front *front;
     struct evhttp_request *req;
     struct evhttp_connection *evcon;
+    struct event *peek; /* notices a client that leaves while we wait */
     long long job;
     bool started; /* a chunked response has begun */
 } front_req;
@@ -51,6 +54,8 @@ static void req_unlink(front_req *fr) {
         fr->next->prev = fr->prev;
     f->pending--;
     evhttp_connection_set_closecb(fr->evcon, NULL, NULL);
+    if (fr->peek)
+        event_free(fr->peek);
     free(fr);
 }
 
@@ -60,7 +65,43 @@ static void on_client_close(struct evhttp_connection *evcon, void *arg) {
     tp_log(&fr->front->node->log, TEMPEST_LOG_DEBUG, "front: client left, job %lld cancelled",
            fr->job);
     tempest_work_cancel(fr->front->node, fr->job);
+    /* After a failed write libevent detaches the request and leaves it to us;
+     * an attached one it frees itself after this callback. */
+    if (evhttp_request_get_connection(fr->req) == NULL)
+        evhttp_request_free(fr->req);
     req_unlink(fr);
+}
+
+/* evhttp stops reading a connection while its request waits for a reply,
+ * so it would only see the client leave at the next write. This watcher
+ * peeks at the socket: end of file or an error means the client is gone;
+ * data (a pipelined request) is left for evhttp, and watching stops. */
+static void on_peek(evutil_socket_t fd, short what, void *arg) {
+    (void)what;
+    front_req *fr = arg;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) {
+        event_del(fr->peek);
+        return;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    struct evhttp_connection *evcon = fr->evcon;
+    tp_log(&fr->front->node->log, TEMPEST_LOG_DEBUG, "front: client left, job %lld cancelled",
+           fr->job);
+    tempest_work_cancel(fr->front->node, fr->job);
+    req_unlink(fr);
+    evhttp_connection_free(evcon); /* frees the request too */
+}
+
+static int watch_client(front_req *fr) {
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(fr->evcon);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd < 0)
+        return 0;
+    fr->peek = event_new(fr->front->node->base, fd, EV_READ | EV_PERSIST, on_peek, fr);
+    return fr->peek && event_add(fr->peek, NULL) == 0 ? 0 : TEMPEST_ENOMEM;
 }
 
 /* ---- responses ------------------------------------------------------- */
@@ -272,6 +313,8 @@ static void on_request(struct evhttp_request *req, void *arg) {
     f->reqs = fr;
     f->pending++;
     evhttp_connection_set_closecb(fr->evcon, on_client_close, fr);
+    if (watch_client(fr) != 0)
+        tp_log(&f->node->log, TEMPEST_LOG_WARN, "front: cannot watch a client connection");
 }
 
 /* ---- life cycle ------------------------------------------------------ */

@@ -93,7 +93,9 @@ static void on_deliver(evutil_socket_t fd, short what, void *arg) {
     tp_delivery *d;
     while ((d = pop_delivery(node)) != NULL) {
         bool was_last = d == last;
-        if (deliver_one(node, d) || was_last)
+        if (deliver_one(node, d))
+            return; /* the callback freed the node */
+        if (was_last)
             break;
     }
     if (!node->freeing && node->dq_head)

@@ -58,7 +58,6 @@ struct tempest_worker {
     bool started, stopping, taking, finished, flush_expired;
     int depth;
     bool freeing;
-    bool *loop_freed; /* set when freed inside tempest_worker_loop */
 };
 
 static void maybe_take(tempest_worker *w);
@@ -496,22 +495,21 @@ TEMPEST_API int tempest_worker_loop(tempest_worker *w) {
         if (rc != 0)
             return rc;
     }
-    if (w->handle_signals)
+    if (w->handle_signals) {
         signals_set(w, true);
-    bool freed = false;
-    w->loop_freed = &freed;
+        signal(SIGPIPE, SIG_IGN); /* a producer that resets must not kill us */
+    }
+    w->depth++; /* a free inside the loop is finished below */
     int rc = 0;
-    while (!freed && !w->finished) {
+    while (!w->freeing && !w->finished) {
         int r = event_base_loop(w->node->base, EVLOOP_ONCE);
         if (r != 0) {
             rc = r < 0 ? TEMPEST_EIO : TEMPEST_ESTATE;
             break;
         }
     }
-    if (!freed) {
-        w->loop_freed = NULL;
-        signals_set(w, false);
-    }
+    signals_set(w, false);
+    leave(w);
     return rc;
 }
 
@@ -537,8 +535,6 @@ static void free_peers(tempest_worker *w) {
 }
 
 static void destroy(tempest_worker *w) {
-    if (w->loop_freed)
-        *w->loop_freed = true;
     while (w->jobs) {
         tempest_job *job = w->jobs;
         w->jobs = job->next;

@@ -143,7 +143,7 @@ static void test_auth(void **state) {
     (void)state;
     tt_redis r;
     const char *extra[] = {"--requirepass", "s3cret",
-                           "--user", "tempest on >pw ~* &* +@all", NULL};
+                           "--user", "tempest", "on", ">pw", "~*", "&*", "+@all", NULL};
     assert_int_equal(tt_redis_start(&r, extra), 0);
     struct event_base *base = event_base_new();
     char url[160];

@@ -59,10 +59,12 @@ TEMPEST_API long long tempest_work(tempest_node *node, const char *queue, const 
                                    tempest_answer_fn *on_answer, void *arg) TEMPEST_MUST_CHECK;
 
 /**
- * Stops waiting for job `job_id`: its callback runs once, now, with
- * TEMPEST_ECANCELED, and a later answer from a worker is refused. The job
- * itself stays in the queue if no worker has taken it yet. Returns 0, or
- * TEMPEST_EINVAL when no such job is pending.
+ * Stops waiting for job `job_id`: its callback is not called again (not
+ * even for answers already received but not yet delivered), and a later
+ * answer from a worker is refused with `-ERR unknown job`. The job itself
+ * stays in the queue if no worker has taken it yet. Returns 0, or
+ * TEMPEST_EINVAL when no such job is pending (already finished, timed out
+ * or cancelled).
  */
 TEMPEST_API int tempest_work_cancel(tempest_node *node, long long job_id);
 

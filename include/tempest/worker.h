@@ -37,7 +37,10 @@ typedef struct tempest_worker_options {
     /** List that receives undecodable jobs, as `{"job":..., "reason":...}`;
      *  NULL: "<queue>:dead". */
     const char *dead_letter;
-    /** tempest_worker_loop() stops the worker on SIGINT and SIGTERM. */
+    /** tempest_worker_loop() stops the worker on SIGINT and SIGTERM, and
+     *  sets SIGPIPE to be ignored (process-wide; a peer that resets a
+     *  connection would otherwise kill the process). Without this option,
+     *  ignore SIGPIPE yourself, as every libevent server must. */
     bool handle_signals;
 } tempest_worker_options;
 
@@ -88,7 +91,9 @@ TEMPEST_API unsigned long long tempest_worker_taken(const tempest_worker *worker
 
 /**
  * Frees the worker. Jobs still in hand are finished without an answer (a
- * waiting producer then times out). Safe from a handler; NULL does nothing.
+ * waiting producer then times out). Safe from a handler; inside
+ * tempest_worker_loop() the free completes when the loop returns (it
+ * returns at once). NULL does nothing.
  */
 TEMPEST_API void tempest_worker_free(tempest_worker *worker);
 
