@@ -26,22 +26,33 @@ static void usage(void) {
 }
 
 static void parse(int argc, char **argv, tempest_node_options *no, tempest_front_options *fo) {
-    static const struct option longopts[] = {
-        {"redis", required_argument, 0, 'r'}, {"http", required_argument, 0, 'H'},
-        {"listen", required_argument, 0, 'l'}, {"queue", required_argument, 0, 'q'},
-        {"timeout", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+    static const struct option longopts[] = {{"redis", required_argument, 0, 'r'},
+                                             {"http", required_argument, 0, 'H'},
+                                             {"listen", required_argument, 0, 'l'},
+                                             {"queue", required_argument, 0, 'q'},
+                                             {"timeout", required_argument, 0, 't'},
+                                             {"help", no_argument, 0, 'h'},
+                                             {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
         switch (c) {
-        case 'r': no->redis_url = optarg; break;
-        case 'H': fo->http = optarg; break;
-        case 'l': no->listen = optarg; break;
-        case 'q': fo->queue = optarg; break;
+        case 'r':
+            no->redis_url = optarg;
+            break;
+        case 'H':
+            fo->http = optarg;
+            break;
+        case 'l':
+            no->listen = optarg;
+            break;
+        case 'q':
+            fo->queue = optarg;
+            break;
         case 't':
             if ((fo->timeout_ms = atoi(optarg)) <= 0)
                 usage();
             break;
-        default: usage();
+        default:
+            usage();
         }
     }
     if (optind != argc)
@@ -49,8 +60,8 @@ static void parse(int argc, char **argv, tempest_node_options *no, tempest_front
 }
 
 int main(int argc, char **argv) {
-    tempest_node_options no = {.log = log_stderr, .log_arg = "front",
-                               .log_level = TEMPEST_LOG_WARN};
+    tempest_node_options no = {
+        .log = log_stderr, .log_arg = "front", .log_level = TEMPEST_LOG_WARN};
     tempest_front_options fo = {.http = "127.0.0.1:1337"};
     parse(argc, argv, &no, &fo);
     tempest_error err;

@@ -33,8 +33,8 @@ int main(int argc, char **argv) {
                                              {"concurrency", required_argument, 0, 'c'},
                                              {"help", no_argument, 0, 'h'},
                                              {0, 0, 0, 0}};
-    tempest_node_options no = {.log = log_stderr, .log_arg = "worker",
-                               .log_level = TEMPEST_LOG_WARN};
+    tempest_node_options no = {
+        .log = log_stderr, .log_arg = "worker", .log_level = TEMPEST_LOG_WARN};
     tempest_worker_options wo = {.handle_signals = true};
     for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
         if (c == 'r')

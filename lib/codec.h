@@ -78,9 +78,9 @@ json_t *tp_url_request_new(const char *method, const char *url, const tp_http_he
 
 /** A validated `url` answer; pointers are borrowed from the answer. */
 typedef struct tp_http_answer {
-    int status;          /**< 100..599, or 0 when the answer carries none */
-    json_t *headers;     /**< an object, or NULL */
-    const char *body;    /**< NULL when the answer carries none */
+    int status;       /**< 100..599, or 0 when the answer carries none */
+    json_t *headers;  /**< an object, or NULL */
+    const char *body; /**< NULL when the answer carries none */
     size_t body_len;
 } tp_http_answer;
 
@@ -92,8 +92,7 @@ typedef struct tp_http_answer {
  * line each); names must be HTTP tokens and values free of CR, LF and NUL.
  * body is a string or null. Returns 0, or TEMPEST_EPROTO with `err` set.
  */
-int tp_http_answer_parse(json_t *answer, bool first, tp_http_answer *out, char *err,
-                         size_t errlen);
+int tp_http_answer_parse(json_t *answer, bool first, tp_http_answer *out, char *err, size_t errlen);
 
 /** A parsed Redis URL; strings are malloc'd (tp_redis_url_clear frees). */
 typedef struct tp_redis_url {

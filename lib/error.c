@@ -10,21 +10,36 @@
 
 TEMPEST_API const char *tempest_strerror(int code) {
     switch (code) {
-    case TEMPEST_OK: return "success";
-    case TEMPEST_EINVAL: return "invalid argument";
-    case TEMPEST_ENOMEM: return "out of memory";
-    case TEMPEST_EDOWN: return "not connected";
-    case TEMPEST_ETIMEDOUT: return "timed out";
-    case TEMPEST_ECANCELED: return "cancelled";
-    case TEMPEST_EPROTO: return "protocol error";
-    case TEMPEST_EREDIS: return "redis error";
-    case TEMPEST_ENOHANDLER: return "no handler for action";
-    case TEMPEST_EIO: return "input/output error";
-    case TEMPEST_ESTATE: return "invalid state";
-    case TEMPEST_ELIMIT: return "limit exceeded";
-    case TEMPEST_EADDR: return "bad address";
-    case TEMPEST_EREMOTE: return "remote error";
-    default: return "unknown error";
+    case TEMPEST_OK:
+        return "success";
+    case TEMPEST_EINVAL:
+        return "invalid argument";
+    case TEMPEST_ENOMEM:
+        return "out of memory";
+    case TEMPEST_EDOWN:
+        return "not connected";
+    case TEMPEST_ETIMEDOUT:
+        return "timed out";
+    case TEMPEST_ECANCELED:
+        return "cancelled";
+    case TEMPEST_EPROTO:
+        return "protocol error";
+    case TEMPEST_EREDIS:
+        return "redis error";
+    case TEMPEST_ENOHANDLER:
+        return "no handler for action";
+    case TEMPEST_EIO:
+        return "input/output error";
+    case TEMPEST_ESTATE:
+        return "invalid state";
+    case TEMPEST_ELIMIT:
+        return "limit exceeded";
+    case TEMPEST_EADDR:
+        return "bad address";
+    case TEMPEST_EREMOTE:
+        return "remote error";
+    default:
+        return "unknown error";
     }
 }
 

@@ -241,15 +241,24 @@ static void on_answer(tempest_node *node, long long job, int status, json_t *ans
 
 static const char *method_name(enum evhttp_cmd_type cmd) {
     switch (cmd) {
-    case EVHTTP_REQ_GET: return "GET";
-    case EVHTTP_REQ_POST: return "POST";
-    case EVHTTP_REQ_HEAD: return "HEAD";
-    case EVHTTP_REQ_PUT: return "PUT";
-    case EVHTTP_REQ_DELETE: return "DELETE";
-    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-    case EVHTTP_REQ_TRACE: return "TRACE";
-    case EVHTTP_REQ_CONNECT: return "CONNECT";
-    case EVHTTP_REQ_PATCH: return "PATCH";
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    case EVHTTP_REQ_TRACE:
+        return "TRACE";
+    case EVHTTP_REQ_CONNECT:
+        return "CONNECT";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
     }
     return "GET";
 }
@@ -326,7 +335,8 @@ static int bind_http(tempest_front *f, const char *addr, tempest_error *err) {
         tp_error_set(err, TEMPEST_EADDR, "http address: %s", msg);
         return TEMPEST_EADDR;
     }
-    struct evhttp_bound_socket *s = evhttp_bind_socket_with_handle(f->http, host, (ev_uint16_t)port);
+    struct evhttp_bound_socket *s =
+        evhttp_bind_socket_with_handle(f->http, host, (ev_uint16_t)port);
     free(host);
     if (s == NULL) {
         tp_error_set(err, TEMPEST_EADDR, "cannot bind HTTP to %s", addr);
@@ -336,7 +346,7 @@ static int bind_http(tempest_front *f, const char *addr, tempest_error *err) {
     socklen_t sl = sizeof ss;
     getsockname(evhttp_bound_socket_get_fd(s), (struct sockaddr *)&ss, &sl);
     f->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                            : ((struct sockaddr_in *)&ss)->sin_port);
+                                             : ((struct sockaddr_in *)&ss)->sin_port);
     return 0;
 }
 
@@ -353,9 +363,8 @@ static void configure_http(tempest_front *f, const tempest_front_options *o) {
     evhttp_set_gencb(f->http, on_request, f);
 }
 
-TEMPEST_API tempest_front *tempest_front_new(tempest_node *node,
-                                             const tempest_front_options *options,
-                                             tempest_error *err) {
+TEMPEST_API tempest_front *
+tempest_front_new(tempest_node *node, const tempest_front_options *options, tempest_error *err) {
     static const tempest_front_options defaults;
     const tempest_front_options *o = options ? options : &defaults;
     if (node == NULL || o->timeout_ms < 0 || o->max_pending < 0) {

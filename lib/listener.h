@@ -74,10 +74,10 @@ int tp_listener_connections(const tp_listener *l);
 void tp_listener_free(tp_listener *l);
 
 /* RESP reply helpers (append one reply to `out`). */
-void tp_resp_status(struct evbuffer *out, const char *status);      /**< +status */
-void tp_resp_error(struct evbuffer *out, const char *message);      /**< -message (CR/LF replaced) */
-void tp_resp_integer(struct evbuffer *out, long long value);        /**< :value */
+void tp_resp_status(struct evbuffer *out, const char *status); /**< +status */
+void tp_resp_error(struct evbuffer *out, const char *message); /**< -message (CR/LF replaced) */
+void tp_resp_integer(struct evbuffer *out, long long value);   /**< :value */
 void tp_resp_bulk(struct evbuffer *out, const char *buf, size_t len); /**< $len bulk */
-void tp_resp_nil(struct evbuffer *out);                             /**< $-1 */
+void tp_resp_nil(struct evbuffer *out);                               /**< $-1 */
 
 #endif

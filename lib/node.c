@@ -197,8 +197,8 @@ int tp_node_ensure_listener(tempest_node *node) {
         return TEMPEST_EADDR;
     }
     int port = tp_listener_port(node->listener);
-    node->address = node->advertise_opt ? strdup(node->advertise_opt)
-                                        : format_address(node->listen_host, port);
+    node->address =
+        node->advertise_opt ? strdup(node->advertise_opt) : format_address(node->listen_host, port);
     if (node->address == NULL) {
         tp_listener_free(node->listener);
         node->listener = NULL;
@@ -251,8 +251,8 @@ static void on_redis_state(tp_redis *r, int state, const char *reason, void *arg
 
 static int parse_listen(tempest_node *node, const char *listen, tempest_error *err) {
     char msg[200];
-    if (tp_addr_parse(listen ? listen : "127.0.0.1:0", &node->listen_host, &node->listen_port,
-                      msg, sizeof msg) != 0) {
+    if (tp_addr_parse(listen ? listen : "127.0.0.1:0", &node->listen_host, &node->listen_port, msg,
+                      sizeof msg) != 0) {
         tp_error_set(err, TEMPEST_EADDR, "listen address: %s", msg);
         return TEMPEST_EADDR;
     }
@@ -298,9 +298,8 @@ static int setup_loop(tempest_node *node, struct event_base *base) {
 
 static void destroy(tempest_node *node);
 
-TEMPEST_API tempest_node *tempest_node_new(struct event_base *base,
-                                           const tempest_node_options *options,
-                                           tempest_error *err) {
+TEMPEST_API tempest_node *
+tempest_node_new(struct event_base *base, const tempest_node_options *options, tempest_error *err) {
     static const tempest_node_options defaults;
     const tempest_node_options *o = options ? options : &defaults;
     tempest_node *node = calloc(1, sizeof *node);
@@ -315,8 +314,8 @@ TEMPEST_API tempest_node *tempest_node_new(struct event_base *base,
         goto nomem;
     if (setup_loop(node, base) != 0)
         goto nomem;
-    node->redis = tp_redis_new(node->base, &node->url, &node->timing, &node->log,
-                               on_redis_state, node);
+    node->redis =
+        tp_redis_new(node->base, &node->url, &node->timing, &node->log, on_redis_state, node);
     if (node->redis == NULL)
         goto nomem;
     return node;

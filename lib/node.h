@@ -34,8 +34,8 @@ typedef struct tp_pending {
     tempest_answer_fn *fn;
     void *arg;
     struct event *timer;
-    bool done;       /* terminal event queued: further answers are refused */
-    int queued;      /* deliveries queued that point here */
+    bool done;  /* terminal event queued: further answers are refused */
+    int queued; /* deliveries queued that point here */
 } tp_pending;
 
 struct tempest_node {

@@ -48,8 +48,8 @@ static int arm_deadline(tempest_node *node, tp_pending *job, int timeout_ms) {
     return evtimer_add(job->timer, &tv);
 }
 
-static tp_pending *pending_new(tempest_node *node, long long id, tempest_answer_fn *fn,
-                               void *arg, int timeout_ms) {
+static tp_pending *pending_new(tempest_node *node, long long id, tempest_answer_fn *fn, void *arg,
+                               int timeout_ms) {
     tp_pending *job = calloc(1, sizeof *job);
     if (job == NULL)
         return NULL;
@@ -81,8 +81,7 @@ static int push(tempest_node *node, const char *queue, const char *job, size_t l
                 bool wait) {
     const char *argv[] = {"RPUSH", queue, job};
     size_t lens[] = {5, strlen(queue), len};
-    return tp_redis_argv(node->redis, wait ? on_pushed : NULL, (void *)(intptr_t)id, 3, argv,
-                         lens);
+    return tp_redis_argv(node->redis, wait ? on_pushed : NULL, (void *)(intptr_t)id, 3, argv, lens);
 }
 
 TEMPEST_API long long tempest_work(tempest_node *node, const char *queue, const char *action,
@@ -96,8 +95,8 @@ TEMPEST_API long long tempest_work(tempest_node *node, const char *queue, const 
     json_t *empty = args ? NULL : json_array();
     long long id = ++node->next_job;
     size_t len;
-    char *job = tp_job_encode(action, args ? args : empty, on_answer ? node->address : NULL, id,
-                              &len);
+    char *job =
+        tp_job_encode(action, args ? args : empty, on_answer ? node->address : NULL, id, &len);
     json_decref(empty);
     if (job == NULL)
         return TEMPEST_ENOMEM;

@@ -30,8 +30,8 @@ struct tp_redis {
     void *arg;
     struct event *timer; /* connect timeout, then reconnect delay */
     int state;
-    int attempt;         /* failures since the last UP */
-    int handshake_left;  /* replies of AUTH/SELECT still awaited */
+    int attempt;        /* failures since the last UP */
+    int handshake_left; /* replies of AUTH/SELECT still awaited */
     char errstr[256];
 };
 
@@ -205,8 +205,8 @@ static int copy_url(tp_redis_url *dst, const tp_redis_url *src) {
 }
 
 tp_redis *tp_redis_new(struct event_base *base, const tp_redis_url *url,
-                       const tp_redis_timing *timing, const tp_logger *log,
-                       tp_redis_state_fn *fn, void *arg) {
+                       const tp_redis_timing *timing, const tp_logger *log, tp_redis_state_fn *fn,
+                       void *arg) {
     tp_redis *r = calloc(1, sizeof *r);
     if (r == NULL)
         return NULL;
@@ -221,7 +221,8 @@ tp_redis *tp_redis_new(struct event_base *base, const tp_redis_url *url,
     if (r->timing.reconnect_min_ms <= 0)
         r->timing.reconnect_min_ms = 100;
     if (r->timing.reconnect_max_ms < r->timing.reconnect_min_ms)
-        r->timing.reconnect_max_ms = r->timing.reconnect_min_ms > 5000 ? r->timing.reconnect_min_ms : 5000;
+        r->timing.reconnect_max_ms =
+            r->timing.reconnect_min_ms > 5000 ? r->timing.reconnect_min_ms : 5000;
     r->timer = evtimer_new(base, on_timer, r);
     if (r->timer == NULL || copy_url(&r->url, url) != 0)
         goto fail;

@@ -40,8 +40,8 @@ typedef void tp_redis_state_fn(tp_redis *r, int state, const char *reason, void 
  * and `timing` are copied; `log` is borrowed and must outlive the handle.
  */
 tp_redis *tp_redis_new(struct event_base *base, const tp_redis_url *url,
-                       const tp_redis_timing *timing, const tp_logger *log,
-                       tp_redis_state_fn *fn, void *arg);
+                       const tp_redis_timing *timing, const tp_logger *log, tp_redis_state_fn *fn,
+                       void *arg);
 
 /** Frees the connection; pending callbacks see tp_redis_from() == NULL. */
 void tp_redis_free(tp_redis *r);

@@ -52,8 +52,8 @@ struct tempest_worker {
     unsigned long long taken;
     peer *peers;
     int answers_inflight;
-    struct event *retry;   /* take again after an error reply */
-    struct event *flush;   /* bound on waiting for answer replies at stop */
+    struct event *retry; /* take again after an error reply */
+    struct event *flush; /* bound on waiting for answer replies at stop */
     struct event *signals[2];
     bool started, stopping, taking, finished, flush_expired;
     int depth;
@@ -267,8 +267,8 @@ static void dead_letter(tempest_worker *w, const char *raw, size_t len, const ch
     char *text = entry ? json_dumps(entry, JSON_COMPACT) : NULL;
     int rc = text ? tp_redis_cmd(w->node->redis, NULL, NULL, "RPUSH %s %s", w->dead, text)
                   : TEMPEST_ENOMEM;
-    tp_log(&w->node->log, rc ? TEMPEST_LOG_ERROR : TEMPEST_LOG_WARN, "job %s dead-lettered (%s): %s",
-           rc ? "NOT" : "", w->dead, reason);
+    tp_log(&w->node->log, rc ? TEMPEST_LOG_ERROR : TEMPEST_LOG_WARN,
+           "job %s dead-lettered (%s): %s", rc ? "NOT" : "", w->dead, reason);
     free(text);
     json_decref(entry);
 }
@@ -399,9 +399,8 @@ static int copy_options(tempest_worker *w, const tempest_worker_options *o) {
     return w->dead ? 0 : TEMPEST_ENOMEM;
 }
 
-TEMPEST_API tempest_worker *tempest_worker_new(tempest_node *node,
-                                               const tempest_worker_options *options,
-                                               tempest_error *err) {
+TEMPEST_API tempest_worker *
+tempest_worker_new(tempest_node *node, const tempest_worker_options *options, tempest_error *err) {
     static const tempest_worker_options defaults;
     const tempest_worker_options *o = options ? options : &defaults;
     if (node == NULL || o->concurrency < 0 || (o->queue && *o->queue == '\0')) {

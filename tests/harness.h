@@ -13,10 +13,10 @@
 struct event_base;
 
 typedef struct tt_redis {
-    pid_t pid;      /* 0 when not running */
-    int port;       /* loopback TCP port */
-    char dir[256];  /* private working directory (removed by tt_redis_stop) */
-    char url[128];  /* "redis://127.0.0.1:<port>" */
+    pid_t pid;     /* 0 when not running */
+    int port;      /* loopback TCP port */
+    char dir[256]; /* private working directory (removed by tt_redis_stop) */
+    char url[128]; /* "redis://127.0.0.1:<port>" */
 } tt_redis;
 
 /**

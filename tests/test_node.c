@@ -121,8 +121,10 @@ static bool node_down(void *arg) {
 static void test_reconnect_after_restart(void **state) {
     fixture *f = *state;
     memset(states, 0, sizeof states);
-    tempest_node_options o = {.redis_url = f->redis.url, .reconnect_min_ms = 20,
-                              .reconnect_max_ms = 100, .on_state = count_state};
+    tempest_node_options o = {.redis_url = f->redis.url,
+                              .reconnect_min_ms = 20,
+                              .reconnect_max_ms = 100,
+                              .on_state = count_state};
     tempest_node *node = tempest_node_new(f->base, &o, NULL);
     assert_true(tt_run_until(f->base, node_up, node, 3000));
     long long id = tempest_node_id(node);
@@ -142,8 +144,8 @@ static void test_reconnect_after_restart(void **state) {
 static void test_auth(void **state) {
     (void)state;
     tt_redis r;
-    const char *extra[] = {"--requirepass", "s3cret",
-                           "--user", "tempest", "on", ">pw", "~*", "&*", "+@all", NULL};
+    const char *extra[] = {"--requirepass", "s3cret", "--user", "tempest", "on",
+                           ">pw",           "~*",     "&*",     "+@all",   NULL};
     assert_int_equal(tt_redis_start(&r, extra), 0);
     struct event_base *base = event_base_new();
     char url[160];
@@ -167,8 +169,7 @@ static void test_auth(void **state) {
 }
 
 static int cancelled;
-static void expect_cancel(tempest_node *node, long long id, int status, json_t *answer,
-                          void *arg) {
+static void expect_cancel(tempest_node *node, long long id, int status, json_t *answer, void *arg) {
     (void)node;
     (void)id;
     (void)arg;

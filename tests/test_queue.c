@@ -80,8 +80,8 @@ static bool terminal(void *arg) {
 }
 
 static tempest_worker *new_worker(fixture *f, const char *queue, int concurrency) {
-    tempest_worker_options wo = {.queue = queue, .concurrency = concurrency,
-                                 .block_timeout_ms = 200};
+    tempest_worker_options wo = {
+        .queue = queue, .concurrency = concurrency, .block_timeout_ms = 200};
     tempest_worker *w = tempest_worker_new(f->node, &wo, NULL);
     assert_non_null(w);
     return w;
@@ -193,8 +193,8 @@ static void test_dead_letters(void **state) {
     int count = 0;
     tempest_worker_on(w, "ok", echo, &count);
     tempest_worker_start(w);
-    const char *bad[] = {"not json", "[\"ok\",[],null]", "[\"ok\",[],null,1,5]",
-                         "[\"ok\",{},null,1]", "{\"a\":1}", "[\"\",[],null,1]"};
+    const char *bad[] = {"not json",           "[\"ok\",[],null]", "[\"ok\",[],null,1,5]",
+                         "[\"ok\",{},null,1]", "{\"a\":1}",        "[\"\",[],null,1]"};
     for (size_t i = 0; i < 6; i++)
         assert_true(tt_redis_int(&f->redis, "RPUSH q6 %s", bad[i]) > 0);
     record r = {0};
@@ -392,8 +392,8 @@ static void *client_thread(void *arg) {
     const char *cmds[5] = {"x 999999 1", "x %lld {bad", "x abc 1", "x %lld \"done\"",
                            "x %lld \"again\""};
     for (int i = 0; c && !c->err && i < 5; i++) {
-        redisReply *rep = strstr(cmds[i], "%lld") ? redisCommand(c, cmds[i], cr->id)
-                                                  : redisCommand(c, cmds[i]);
+        redisReply *rep =
+            strstr(cmds[i], "%lld") ? redisCommand(c, cmds[i], cr->id) : redisCommand(c, cmds[i]);
         if (rep == NULL)
             break;
         cr->types[i] = rep->type;
@@ -473,13 +473,13 @@ static void test_cancel(void **state) {
 int main(void) {
     tt_require_redis();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),     cmocka_unit_test(test_streamed_answers),
+        cmocka_unit_test(test_round_trip),        cmocka_unit_test(test_streamed_answers),
         cmocka_unit_test(test_timeout_keeps_job), cmocka_unit_test(test_late_worker),
-        cmocka_unit_test(test_no_handler),     cmocka_unit_test(test_dead_letters),
-        cmocka_unit_test(test_fire_and_forget), cmocka_unit_test(test_concurrency),
-        cmocka_unit_test(test_many_workers),   cmocka_unit_test(test_loop_and_stop),
-        cmocka_unit_test(test_free_in_handler), cmocka_unit_test(test_listener_answers),
-        cmocka_unit_test(test_bad_arguments),  cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_no_handler),        cmocka_unit_test(test_dead_letters),
+        cmocka_unit_test(test_fire_and_forget),   cmocka_unit_test(test_concurrency),
+        cmocka_unit_test(test_many_workers),      cmocka_unit_test(test_loop_and_stop),
+        cmocka_unit_test(test_free_in_handler),   cmocka_unit_test(test_listener_answers),
+        cmocka_unit_test(test_bad_arguments),     cmocka_unit_test(test_cancel),
     };
     return cmocka_run_group_tests_name("queue", tests, setup, teardown);
 }

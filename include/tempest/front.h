@@ -18,7 +18,7 @@ typedef struct tempest_front tempest_front;
 
 /** Front options. Zero (or NULL) means the default of each field. */
 typedef struct tempest_front_options {
-    const char *http;   /**< `host:port` to serve HTTP on; NULL: "127.0.0.1:1337"; port 0 picks one */
+    const char *http; /**< `host:port` to serve HTTP on; NULL: "127.0.0.1:1337"; port 0 picks one */
     const char *queue;  /**< queue of the `url` jobs; NULL: "tempest" */
     int timeout_ms;     /**< wait for the final answer, then 504; 0: 30000 */
     size_t max_body;    /**< larger request bodies get 413; 0: 1 MiB */
@@ -37,9 +37,8 @@ typedef struct tempest_front_options {
  * Returns NULL with `err` (optional) filled: TEMPEST_EADDR when an address
  * cannot be bound, TEMPEST_EINVAL, TEMPEST_ENOMEM.
  */
-TEMPEST_API tempest_front *tempest_front_new(tempest_node *node,
-                                             const tempest_front_options *options,
-                                             tempest_error *err);
+TEMPEST_API tempest_front *
+tempest_front_new(tempest_node *node, const tempest_front_options *options, tempest_error *err);
 
 /** The bound HTTP port (useful with port 0). */
 TEMPEST_API int tempest_front_port(const tempest_front *front);

@@ -60,9 +60,9 @@ typedef struct tempest_node_options {
     size_t max_buffered;
     /** Listener: most simultaneous connections; 0: 1024. */
     int max_connections;
-    tempest_log_fn *log;      /**< NULL: no logging at all */
-    void *log_arg;            /**< passed to `log` */
-    int log_level;            /**< lowest level passed to `log`; 0: DEBUG */
+    tempest_log_fn *log;        /**< NULL: no logging at all */
+    void *log_arg;              /**< passed to `log` */
+    int log_level;              /**< lowest level passed to `log`; 0: DEBUG */
     tempest_state_fn *on_state; /**< NULL: not told */
     void *state_arg;            /**< passed to `on_state` */
 } tempest_node_options;
@@ -79,8 +79,7 @@ typedef struct tempest_node_options {
  * Redis is not an error here: the node retries with backoff.
  */
 TEMPEST_API tempest_node *tempest_node_new(struct event_base *base,
-                                           const tempest_node_options *options,
-                                           tempest_error *err);
+                                           const tempest_node_options *options, tempest_error *err);
 
 /**
  * Frees the node. Every pending operation's callback (answers awaited,

@@ -29,8 +29,8 @@ extern "C" {
  * valid only during the call; json_incref() it to keep it. The callback may
  * free the node or cancel other jobs.
  */
-typedef void tempest_answer_fn(tempest_node *node, long long job_id, int status,
-                               json_t *answer, void *arg);
+typedef void tempest_answer_fn(tempest_node *node, long long job_id, int status, json_t *answer,
+                               void *arg);
 
 /** Options of one job. Zero means the default. */
 typedef struct tempest_work_options {

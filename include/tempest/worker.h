@@ -50,9 +50,8 @@ typedef struct tempest_worker_options {
  * take jobs until tempest_worker_start() or tempest_worker_loop().
  * Returns NULL with `err` (optional) filled on a bad option or no memory.
  */
-TEMPEST_API tempest_worker *tempest_worker_new(tempest_node *node,
-                                               const tempest_worker_options *options,
-                                               tempest_error *err);
+TEMPEST_API tempest_worker *
+tempest_worker_new(tempest_node *node, const tempest_worker_options *options, tempest_error *err);
 
 /**
  * Sets the handler of `action` (copied), replacing an earlier one. Action
