@@ -7,11 +7,13 @@
  * the test process dies (PR_SET_PDEATHSIG) and stays in the test's process
  * group, so neither a crashed test nor a meson timeout leaves servers behind.
  * Servers still running at exit() are stopped and their directories removed
- * by an atexit handler (a failed cmocka assertion skips the test's cleanup).
+ * by an atexit handler (a failed cmocka assertion skips the test's cleanup);
+ * directories left by a test that aborted are swept by the next test run.
  * Test code only: it prints to stderr freely and is not thread-safe.
  */
 #include "harness.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -191,14 +193,42 @@ static void tt_rmtree(const char *dir) {
         nftw(dir, tt_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* Creates r->dir: a fresh mkdtemp under $TMPDIR (or /tmp). */
-static int tt_make_dir(tt_redis *r) {
+static const char *tt_tmpdir(void) {
     const char *tmp = getenv("TMPDIR");
-    if (tmp == NULL || *tmp == '\0')
-        tmp = "/tmp";
-    int n = snprintf(r->dir, sizeof r->dir, "%s/tempest-redis-XXXXXX", tmp);
+    return tmp != NULL && *tmp != '\0' ? tmp : "/tmp";
+}
+
+/*
+ * Removes the directories of test processes that died without cleaning up
+ * (abort() skips atexit): their name carries the owner's PID, and the owner
+ * no longer exists. Their servers died with them (PR_SET_PDEATHSIG).
+ */
+static void tt_sweep_stale_dirs(void) {
+    static const char prefix[] = "tempest-redis-";
+    char path[PATH_MAX];
+    DIR *d = opendir(tt_tmpdir());
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        char *end;
+        if (strncmp(e->d_name, prefix, sizeof prefix - 1) != 0)
+            continue;
+        long pid = strtol(e->d_name + sizeof prefix - 1, &end, 10);
+        if (end == e->d_name + sizeof prefix - 1 || *end != '-' || pid <= 0 ||
+            pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        if (snprintf(path, sizeof path, "%s/%s", tt_tmpdir(), e->d_name) < (int)sizeof path)
+            tt_rmtree(path);
+    }
+    if (d != NULL)
+        closedir(d);
+}
+
+/* Creates r->dir: a fresh mkdtemp under $TMPDIR (or /tmp), named after our PID. */
+static int tt_make_dir(tt_redis *r) {
+    int n =
+        snprintf(r->dir, sizeof r->dir, "%s/tempest-redis-%ld-XXXXXX", tt_tmpdir(), (long)getpid());
     if (n < 0 || (size_t)n >= sizeof r->dir || mkdtemp(r->dir) == NULL) {
-        fprintf(stderr, "harness: mkdtemp in %s failed: %s\n", tmp, strerror(errno));
+        fprintf(stderr, "harness: mkdtemp in %s failed: %s\n", tt_tmpdir(), strerror(errno));
         r->dir[0] = '\0';
         return -1;
     }
@@ -396,8 +426,10 @@ static void tt_cleanup_at_exit(void) {
 
 int tt_redis_start(tt_redis *r, const char *const *extra) {
     memset(r, 0, sizeof *r);
-    if (!tt_atexit_registered && atexit(tt_cleanup_at_exit) == 0)
-        tt_atexit_registered = true;
+    if (!tt_atexit_registered) {
+        tt_sweep_stale_dirs();
+        tt_atexit_registered = atexit(tt_cleanup_at_exit) == 0;
+    }
     if (tt_make_dir(r) == -1)
         return -1;
     /* Another process may take the free port before redis binds it: retry. */
