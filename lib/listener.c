@@ -9,9 +9,13 @@
  * and hands every other command to the owner's tp_command_fn, in request
  * order. Any input that cannot be resynchronised gets one -ERR and closes
  * that connection only; the reader never buffers more than max_request.
+ * With a shared secret, a session runs nothing but AUTH, QUIT and HELLO
+ * until AUTH succeeds, under tighter limits (as Redis does for clients that
+ * have not authenticated), and closes at the third wrong secret.
  */
 #include "listener.h"
 
+#include <arpa/inet.h>
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -47,10 +51,11 @@ typedef int array_count;
 
 #define DEFAULT_MAX_REQUEST ((size_t)64 << 20)
 #define DEFAULT_MAX_BUFFERED ((size_t)1 << 20)
-#define INLINE_MAX ((size_t)64 << 10)  /* longest inline command, as Redis */
-#define FEED_SLICE ((size_t)16 << 10)  /* bytes handed to the reader at a time */
-#define CONN_SLICE ((size_t)4 << 10)   /* socket input per feed: the backpressure grain */
-#define KEEP_BUFFER ((size_t)64 << 10) /* larger per-request buffers are released */
+#define INLINE_MAX ((size_t)64 << 10)          /* longest inline command, as Redis */
+#define FEED_SLICE ((size_t)16 << 10)          /* bytes handed to the reader at a time */
+#define CONN_SLICE ((size_t)4 << 10)           /* socket input per feed: the backpressure grain */
+#define KEEP_BUFFER ((size_t)64 << 10)         /* larger per-request buffers are released */
+#define PREAUTH_MAX_REQUEST ((size_t)16 << 10) /* a request before AUTH, as Redis */
 
 enum {
     DEFAULT_MAX_ARGS = 1024,
@@ -58,7 +63,16 @@ enum {
     HEADER_MAX = 24,       /* "$", 20 digits, CRLF: a longer pending header is garbage */
     CLOSE_TIMEOUT_SEC = 5, /* how long a closing connection may take to flush */
     ACCEPT_RETRY_USEC = 100000,
+    PREAUTH_MAX_ARGS = 10, /* arguments of a request before AUTH, as Redis */
+    AUTH_MAX_FAILURES = 3, /* wrong secrets before the connection is closed */
 };
+
+static const char noauth_error[] = "NOAUTH Authentication required.";
+static const char wrongpass_error[] =
+    "WRONGPASS invalid username-password pair or user is disabled.";
+static const char nopass_error[] =
+    "ERR AUTH <password> called without any password configured for the default user. "
+    "Are you sure your configuration is correct?";
 
 /* ---- RESP replies ----------------------------------------------------- */
 
@@ -134,7 +148,14 @@ struct request {
 };
 
 struct tp_session {
-    tp_listener_limits lim;
+    tp_listener_limits lim; /* as configured; lim.secret is NULL (see secret) */
+    size_t max_request;     /* the limits in force: tighter until AUTH succeeds */
+    int max_args;
+    size_t inline_max;
+    char *secret; /* NULL: no AUTH needed */
+    size_t secret_len;
+    bool authed;
+    int auth_failures;
     tp_command_fn *fn;
     void *arg;
     redisReader *reader;
@@ -147,7 +168,6 @@ struct tp_session {
     char *line; /* the inline command being read, without its '\n' */
     size_t line_len;
     size_t line_cap;
-    size_t inline_max;
     char *name; /* CLIENT SETNAME */
     size_t name_len;
 };
@@ -162,6 +182,27 @@ static void limits_fill(tp_listener_limits *dst, const tp_listener_limits *src) 
         dst->max_args = DEFAULT_MAX_ARGS;
     if (dst->max_connections <= 0)
         dst->max_connections = DEFAULT_MAX_CONNECTIONS;
+}
+
+static bool session_locked(const tp_session *s) {
+    return s->secret != NULL && !s->authed;
+}
+
+/* Sets the limits in force: the configured ones, capped before AUTH. */
+static void session_limits(tp_session *s) {
+    bool locked = session_locked(s);
+    s->max_request = s->lim.max_request;
+    if (locked && s->max_request > PREAUTH_MAX_REQUEST)
+        s->max_request = PREAUTH_MAX_REQUEST;
+    s->max_args = s->lim.max_args;
+    if (locked && s->max_args > PREAUTH_MAX_ARGS)
+        s->max_args = PREAUTH_MAX_ARGS;
+    s->inline_max = s->max_request < INLINE_MAX ? s->max_request : INLINE_MAX;
+}
+
+/* " before AUTH" while the tighter limits are in force, for error texts. */
+static const char *limit_note(const tp_session *s) {
+    return session_locked(s) ? " before AUTH" : "";
 }
 
 /* Answers why the stream cannot go on; the session then refuses all input. */
@@ -404,6 +445,48 @@ static int cmd_ok(tp_session *s, int argc, const char **argv, const size_t *lens
     return 0;
 }
 
+/*
+ * Compares in time that depends on the lengths only: every byte of the
+ * longer string is visited, and a length difference is folded into the
+ * result instead of returning early.
+ */
+static bool secret_equal(const char *want, size_t want_len, const char *got, size_t got_len) {
+    size_t n = want_len > got_len ? want_len : got_len;
+    volatile unsigned char diff = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char a = i < want_len ? (unsigned char)want[i] : 0;
+        unsigned char b = i < got_len ? (unsigned char)got[i] : 0;
+        diff |= (unsigned char)(a ^ b);
+    }
+    return (diff | (size_t)(want_len ^ got_len)) == 0;
+}
+
+/*
+ * AUTH <secret> or AUTH <user> <secret> (the user is ignored). The
+ * password argument lives in the session's own request buffer: it is
+ * zeroed once checked. Returns -1 to close after the last allowed failure.
+ */
+static int cmd_auth(tp_session *s, int argc, const char **argv, const size_t *lens,
+                    struct evbuffer *out) {
+    if (argc != 2 && argc != 3)
+        return arity_error(out, "auth");
+    char *pass = (char *)argv[argc - 1];
+    bool ok = s->secret != NULL && secret_equal(s->secret, s->secret_len, pass, lens[argc - 1]);
+    explicit_bzero(pass, lens[argc - 1]);
+    if (s->secret == NULL) {
+        tp_resp_error(out, nopass_error);
+        return 0;
+    }
+    if (ok) {
+        s->authed = true;
+        session_limits(s);
+        tp_resp_status(out, "OK");
+        return 0;
+    }
+    tp_resp_error(out, wrongpass_error);
+    return ++s->auth_failures >= AUTH_MAX_FAILURES ? -1 : 0;
+}
+
 static const struct builtin {
     const char *name;
     builtin_fn *run;
@@ -413,7 +496,13 @@ static const struct builtin {
     {.name = "CLIENT", .run = cmd_client},   {.name = "QUIT", .run = cmd_quit},
     {.name = "COMMAND", .run = cmd_command}, {.name = "HELLO", .run = cmd_hello},
     {.name = "READONLY", .run = cmd_ok},     {.name = "READWRITE", .run = cmd_ok},
+    {.name = "AUTH", .run = cmd_auth},
 };
+
+/* What a session with a secret runs before AUTH succeeds. */
+static bool allowed_locked(const char *name, size_t len) {
+    return word_is(name, len, "AUTH") || word_is(name, len, "QUIT") || word_is(name, len, "HELLO");
+}
 
 static void unknown_command(struct evbuffer *out, const char *name, size_t len) {
     char shown[65];
@@ -427,10 +516,15 @@ static void unknown_command(struct evbuffer *out, const char *name, size_t len) 
 /* Runs one command; exactly one reply goes to `out`. */
 static void run_command(tp_session *s, int argc, const char **argv, const size_t *lens,
                         struct evbuffer *out) {
+    if (session_locked(s) && !allowed_locked(argv[0], lens[0])) {
+        tp_resp_error(out, noauth_error);
+        return;
+    }
     for (size_t i = 0; i < sizeof builtins / sizeof *builtins; i++) {
         if (word_is(argv[0], lens[0], builtins[i].name)) {
-            if (builtins[i].run(s, argc, argv, lens, out) == 1)
-                s->rc = 1;
+            int rc = builtins[i].run(s, argc, argv, lens, out);
+            if (rc != 0)
+                s->rc = rc;
             return;
         }
     }
@@ -513,8 +607,9 @@ static void *rd_array(const redisReadTask *task, array_count count) {
         return refuse(s, "ERR Protocol error: invalid multibulk length");
     if (n < 1)
         return refuse(s, "ERR Protocol error: empty request");
-    if (n > s->lim.max_args)
-        return refuse(s, "ERR Protocol error: %lld arguments, the limit is %d", n, s->lim.max_args);
+    if (n > s->max_args)
+        return refuse(s, "ERR Protocol error: %lld arguments, the limit is %d%s", n, s->max_args,
+                      limit_note(s));
     if (req_reserve(q, (int)n) != 0)
         return refuse(s, "ERR out of memory");
     req_done(q);
@@ -529,9 +624,9 @@ static void *rd_string(const redisReadTask *task, char *str, size_t len) {
         return refuse(s, "ERR Protocol error: expected '$', got '%c'", type_byte(task->type));
     if (task->idx < 0 || task->idx >= q->argc || !bulk_is_framed(s->reader, str, len))
         return refuse(s, "ERR Protocol error: invalid bulk length");
-    if (len > s->lim.max_request - q->size)
-        return refuse(s, "ERR Protocol error: request over the limit of %zu bytes",
-                      s->lim.max_request);
+    if (len > s->max_request - q->size)
+        return refuse(s, "ERR Protocol error: request over the limit of %zu bytes%s",
+                      s->max_request, limit_note(s));
     if (arena_append(q, str, len, &q->off[task->idx]) != 0)
         return refuse(s, "ERR out of memory");
     q->lens[task->idx] = len;
@@ -594,13 +689,13 @@ static long long pending_length(const char *p, size_t n) {
 static int check_pending(tp_session *s, struct evbuffer *out) {
     const redisReader *r = s->reader;
     size_t n = r->len - r->pos;
-    size_t room = s->lim.max_request - s->req.size;
+    size_t room = s->max_request - s->req.size;
     long long want = pending_length(r->buf + r->pos, n);
     if (want == -2)
         return session_fail(s, out, "ERR Protocol error: invalid length");
     if ((want >= 0 && (unsigned long long)want > room) || (n > HEADER_MAX && n - HEADER_MAX > room))
-        return session_fail(s, out, "ERR Protocol error: request over the limit of %zu bytes",
-                            s->lim.max_request);
+        return session_fail(s, out, "ERR Protocol error: request over the limit of %zu bytes%s",
+                            s->max_request, limit_note(s));
     return 0;
 }
 
@@ -632,7 +727,7 @@ static int split_inline(tp_session *s, char *line, size_t len) {
             p++;
         if (p == end)
             break;
-        if (argc == s->lim.max_args || req_reserve(q, argc + 1) != 0)
+        if (argc == s->max_args || req_reserve(q, argc + 1) != 0)
             return -1;
         q->argv[argc] = p;
         while (p < end && !is_blank(*p))
@@ -785,11 +880,25 @@ tp_session *tp_session_new(const tp_listener_limits *limits, tp_command_fn *fn, 
     s->fn = fn;
     s->arg = arg;
     s->id = 1;
-    s->inline_max = s->lim.max_request < INLINE_MAX ? s->lim.max_request : INLINE_MAX;
+    if (s->lim.secret != NULL && s->lim.secret[0] != '\0') {
+        s->secret_len = strlen(s->lim.secret);
+        if ((s->secret = strdup(s->lim.secret)) == NULL)
+            goto fail;
+    }
+    s->lim.secret = NULL; /* borrowed: only the copy is kept */
+    session_limits(s);
     return s;
 fail:
+    if (s->reader != NULL)
+        redisReaderFree(s->reader);
     free(s);
     return NULL;
+}
+
+static void secret_free(char *secret) {
+    if (secret != NULL)
+        explicit_bzero(secret, strlen(secret));
+    free(secret);
 }
 
 void tp_session_free(tp_session *s) {
@@ -802,6 +911,7 @@ void tp_session_free(tp_session *s) {
     free(s->req.arena);
     free(s->line);
     free(s->name);
+    secret_free(s->secret);
     free(s);
 }
 
@@ -819,8 +929,9 @@ struct conn {
 struct tp_listener {
     struct event_base *base;
     struct evconnlistener *evl;
-    struct event *retry; /* re-enables accepting after an accept error */
-    tp_listener_limits lim;
+    struct event *retry;    /* re-enables accepting after an accept error */
+    tp_listener_limits lim; /* lim.secret points to `secret` */
+    char *secret;           /* the listener's copy, or NULL */
     tp_command_fn *fn;
     void *arg;
     struct conn *conns;
@@ -852,6 +963,7 @@ static void listener_destroy(tp_listener *l) {
         conn_free(l->conns);
     if (l->retry != NULL)
         event_free(l->retry);
+    secret_free(l->secret);
     free(l);
 }
 
@@ -1066,8 +1178,11 @@ tp_listener *tp_listener_new(struct event_base *base, const char *host, int port
     l->fn = fn;
     l->arg = arg;
     limits_fill(&l->lim, limits);
+    bool secret = l->lim.secret != NULL && l->lim.secret[0] != '\0';
+    l->secret = secret ? strdup(l->lim.secret) : NULL;
+    l->lim.secret = l->secret;
     l->retry = evtimer_new(base, on_retry, l);
-    if (l->retry == NULL) {
+    if (l->retry == NULL || (secret && l->secret == NULL)) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -1079,6 +1194,28 @@ tp_listener *tp_listener_new(struct event_base *base, const char *host, int port
 fail:
     listener_destroy(l);
     return NULL;
+}
+
+bool tp_host_is_loopback(const char *host) {
+    char buf[INET6_ADDRSTRLEN];
+    unsigned char a[16];
+    size_t n = host != NULL ? strlen(host) : 0;
+    if (n >= 2 && host[0] == '[' && host[n - 1] == ']' && n - 2 < sizeof buf) {
+        memcpy(buf, host + 1, n - 2); /* [::1] */
+        buf[n - 2] = '\0';
+        host = buf;
+    }
+    if (host == NULL)
+        return false;
+    if (strcasecmp(host, "localhost") == 0)
+        return true;
+    if (inet_pton(AF_INET, host, a) == 1)
+        return a[0] == 127;
+    if (inet_pton(AF_INET6, host, a) != 1)
+        return false;
+    static const unsigned char v4mapped[12] = {[10] = 0xff, [11] = 0xff};
+    static const unsigned char loop6[16] = {[15] = 1};
+    return memcmp(a, loop6, 16) == 0 || (memcmp(a, v4mapped, 12) == 0 && a[12] == 127);
 }
 
 int tp_listener_port(const tp_listener *l) {

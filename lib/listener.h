@@ -3,8 +3,9 @@
  * Node listener: a small RESP server. Requests are RESP arrays parsed with
  * hiredis's redisReader (no hand-written RESP parser). The listener answers
  * the commands an ordinary Redis client sends on its own (PING, ECHO, INFO,
- * SELECT, CLIENT ..., QUIT, COMMAND, HELLO) and hands every other command
- * to its owner's tp_command_fn.
+ * SELECT, CLIENT ..., QUIT, COMMAND, HELLO, AUTH) and hands every other
+ * command to its owner's tp_command_fn. With a shared secret, nothing but
+ * AUTH, QUIT and HELLO runs before a successful AUTH.
  *
  * The protocol core (tp_session) is separate from the sockets so that tests
  * can feed it bytes in any split and read its replies.
@@ -33,31 +34,41 @@ typedef struct tp_listener_limits {
     size_t max_buffered; /**< reply bytes pending per connection before reads pause; 0: 1 MiB */
     int max_args;        /**< elements of one request array; 0: 1024 */
     int max_connections; /**< simultaneous connections, more are closed at once; 0: 1024 */
+    /** Shared secret a client must send with `AUTH` before anything but QUIT
+     *  and HELLO (borrowed for the call that takes the struct, then copied);
+     *  NULL or "": none. Until AUTH succeeds, a request is limited to
+     *  10 arguments and 16 KiB (as Redis limits unauthenticated clients),
+     *  and the third wrong AUTH closes the connection. */
+    const char *secret;
 } tp_listener_limits;
 
 typedef struct tp_session tp_session;
 
-/** Creates a protocol session. `limits` is copied (NULL: defaults). */
+/** Creates a protocol session. `limits` and its secret are copied (NULL:
+ *  defaults). */
 tp_session *tp_session_new(const tp_listener_limits *limits, tp_command_fn *fn, void *arg);
 
 /**
  * Feeds `len` bytes of client input; appends every reply to `out`.
  * Returns 0 to go on, 1 when the client asked to QUIT (close after the
  * replies are flushed), or -1 when the input cannot be resynchronised
- * (protocol error, a request over the limits): an `-ERR` explaining why is
- * already in `out`; flush it, then close. Inline commands (plain text lines
- * such as `PING\r\n`, as telnet sends) are accepted too.
+ * (protocol error, a request over the limits) or after the last allowed
+ * wrong AUTH: an error reply explaining why is already in `out`; flush it,
+ * then close. Inline commands (plain text lines such as `PING\r\n`, as
+ * telnet sends) are accepted too.
  */
 int tp_session_feed(tp_session *s, const char *buf, size_t len, struct evbuffer *out);
 
-/** Frees a session; NULL does nothing. */
+/** Frees a session (its copy of the secret is zeroed first); NULL does
+ *  nothing. */
 void tp_session_free(tp_session *s);
 
 typedef struct tp_listener tp_listener;
 
 /**
  * Binds `host:port` (port 0: any free port) on `base` and starts
- * accepting. Returns NULL with `err` set when the address cannot be bound.
+ * accepting. `limits` and its secret are copied. Returns NULL with `err`
+ * set when the address cannot be bound.
  */
 tp_listener *tp_listener_new(struct event_base *base, const char *host, int port,
                              const tp_listener_limits *limits, tp_command_fn *fn, void *arg,
@@ -72,6 +83,10 @@ int tp_listener_connections(const tp_listener *l);
 /** Closes every connection and the socket; NULL does nothing. Never calls
  *  the command callback. */
 void tp_listener_free(tp_listener *l);
+
+/** True when `host` is a loopback address: 127.0.0.0/8, ::1 (also as
+ *  `[::1]` or IPv4-mapped) or `localhost`. Other names are not resolved. */
+bool tp_host_is_loopback(const char *host);
 
 /* RESP reply helpers (append one reply to `out`). */
 void tp_resp_status(struct evbuffer *out, const char *status); /**< +status */

@@ -204,8 +204,16 @@ int tp_node_ensure_listener(tempest_node *node) {
         node->listener = NULL;
         return TEMPEST_ENOMEM;
     }
-    tp_log(&node->log, TEMPEST_LOG_INFO, "node listener on %s:%d, advertised as %s",
-           node->listen_host, port, node->address);
+    tp_log(&node->log, TEMPEST_LOG_INFO, "node listener on %s:%d, advertised as %s%s",
+           node->listen_host, port, node->address, node->secret ? " (AUTH required)" : "");
+    if (node->secret == NULL && !tp_host_is_loopback(node->listen_host)) {
+        char *bound = format_address(node->listen_host, port);
+        tp_log(&node->log, TEMPEST_LOG_WARN,
+               "node listener bound to %s without a secret: anyone who can reach it can answer "
+               "jobs",
+               bound ? bound : node->listen_host);
+        free(bound);
+    }
     return 0;
 }
 
@@ -280,7 +288,19 @@ static void copy_options(tempest_node *node, const tempest_node_options *o) {
                                      .reconnect_max_ms = o->reconnect_max_ms};
     node->limits = (tp_listener_limits){.max_request = o->max_request,
                                         .max_buffered = o->max_buffered,
+                                        .max_args = o->max_args,
                                         .max_connections = o->max_connections};
+}
+
+/* The option, else $TEMPEST_SECRET; "" (either way) means none. */
+static int copy_secret(tempest_node *node, const char *secret) {
+    if (secret == NULL)
+        secret = getenv("TEMPEST_SECRET");
+    if (secret == NULL || *secret == '\0')
+        return 0;
+    node->secret = strdup(secret);
+    node->limits.secret = node->secret;
+    return node->secret ? 0 : TEMPEST_ENOMEM;
 }
 
 static int setup_loop(tempest_node *node, struct event_base *base) {
@@ -311,6 +331,8 @@ tempest_node_new(struct event_base *base, const tempest_node_options *options, t
     if (parse_url(node, o->redis_url, err) != 0 || parse_listen(node, o->listen, err) != 0)
         goto fail;
     if (o->advertise && (node->advertise_opt = strdup(o->advertise)) == NULL)
+        goto nomem;
+    if (copy_secret(node, o->secret) != 0)
         goto nomem;
     if (setup_loop(node, base) != 0)
         goto nomem;
@@ -349,6 +371,7 @@ static void destroy(tempest_node *node) {
     tp_listener_free(node->listener);
     tp_redis_free(node->redis);
     tp_map_clear(&node->pending);
+    tp_map_clear(&node->workers);
     if (node->deliver_ev)
         event_free(node->deliver_ev);
     if (node->own_base && node->base)
@@ -357,6 +380,9 @@ static void destroy(tempest_node *node) {
     free(node->listen_host);
     free(node->advertise_opt);
     free(node->address);
+    if (node->secret)
+        explicit_bzero(node->secret, strlen(node->secret));
+    free(node->secret);
     free(node);
 }
 

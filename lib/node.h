@@ -55,12 +55,17 @@ struct tempest_node {
     char *advertise_opt;
     char *address;
     tp_listener *listener;
-    tp_listener_limits limits;
+    tp_listener_limits limits; /* limits.secret is `secret` */
+    char *secret;              /* listener and answers; NULL: none */
     /* pending jobs and their deliveries */
     tp_map pending;
     tp_delivery *dq_head, *dq_tail;
     struct event *deliver_ev;
     const struct timeval *default_timeout; /* common timeout for 30 s */
+    /* workers built on the node, by serial: lets replies on the node's
+     * connection find a worker, or learn that it was freed */
+    tp_map workers;
+    long long next_worker;
     int depth;
     bool freeing;
     char errstr[256];

@@ -13,12 +13,14 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
 #include "redis.h"
+#include "scripts.h"
 
 struct tp_redis {
     struct event_base *base;
@@ -32,6 +34,7 @@ struct tp_redis {
     int state;
     int attempt;        /* failures since the last UP */
     int handshake_left; /* replies of AUTH/SELECT still awaited */
+    char shas[TP_SCRIPT_COUNT][41]; /* SHA1 of each loaded script */
     char errstr[256];
 };
 
@@ -94,7 +97,6 @@ static void drop(tp_redis *r, const char *why) {
 }
 
 static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata) {
-    (void)privdata;
     tp_redis *r = tp_redis_from(ac);
     redisReply *rep = reply;
     if (r == NULL || rep == NULL)
@@ -105,6 +107,9 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata) {
         drop(r, why);
         return;
     }
+    intptr_t script = (intptr_t)privdata;
+    if (script > 0 && rep->type == REDIS_REPLY_STRING && rep->len == 40)
+        memcpy(r->shas[script - 1], rep->str, 41);
     if (--r->handshake_left > 0)
         return;
     r->attempt = 0;
@@ -126,6 +131,10 @@ static void send_handshake(tp_redis *r) {
     /* SELECT even for db 0: its reply also proves the link is usable. */
     redisAsyncCommand(r->ac, on_handshake, NULL, "SELECT %s", db);
     r->handshake_left++;
+    for (intptr_t i = 0; i < TP_SCRIPT_COUNT; i++) {
+        redisAsyncCommand(r->ac, on_handshake, (void *)(i + 1), "SCRIPT LOAD %s", tp_scripts[i]);
+        r->handshake_left++;
+    }
 }
 
 static void on_connect(const redisAsyncContext *ac, int status) {
@@ -279,4 +288,19 @@ redisAsyncContext *tp_redis_connect_raw(struct event_base *base, const char *hos
     setsockopt(ac->c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     redisLibeventAttach(ac, base);
     return ac;
+}
+
+int tp_redis_script(tp_redis *r, redisCallbackFn *fn, void *privdata, int script, int nkeys,
+                    int argc, const char **argv, const size_t *argvlen) {
+    enum { MAX_ARGS = 64 };
+    if (script < 0 || script >= TP_SCRIPT_COUNT || argc < 0 || argc > MAX_ARGS - 3)
+        return TEMPEST_EINVAL;
+    char nk[16];
+    const char *v[MAX_ARGS] = {"EVALSHA", r->shas[script], nk};
+    size_t l[MAX_ARGS] = {7, 40, (size_t)snprintf(nk, sizeof nk, "%d", nkeys)};
+    for (int i = 0; i < argc; i++) {
+        v[3 + i] = argv[i];
+        l[3 + i] = argvlen ? argvlen[i] : strlen(argv[i]);
+    }
+    return tp_redis_argv(r, fn, privdata, argc + 3, v, l);
 }

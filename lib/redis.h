@@ -66,6 +66,15 @@ int tp_redis_argv(tp_redis *r, redisCallbackFn *fn, void *privdata, int argc, co
 int tp_redis_cmd(tp_redis *r, redisCallbackFn *fn, void *privdata, const char *fmt, ...);
 
 /**
+ * Runs one of the library's Lua scripts (enum tp_script) with EVALSHA:
+ * `nkeys` of the `argc` arguments are keys. Every connection loads the
+ * scripts during its handshake. `argvlen` may be NULL for C strings.
+ * Returns 0, TEMPEST_EDOWN or TEMPEST_EINVAL (callback never runs).
+ */
+int tp_redis_script(tp_redis *r, redisCallbackFn *fn, void *privdata, int script, int nkeys,
+                    int argc, const char **argv, const size_t *argvlen);
+
+/**
  * Opens a plain async connection to `host:port` on `base` (no AUTH, no
  * reconnect), for answering node listeners. Returns NULL with `err` set.
  * Sets TCP_NODELAY.

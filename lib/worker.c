@@ -13,8 +13,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <unistd.h>
+#include <time.h>
+#include <sys/random.h>
+#include <stdint.h>
 
 #include "node.h"
+#include "scripts.h"
 
 typedef struct handler {
     char *action;
@@ -31,31 +36,52 @@ typedef struct peer {
     int inflight; /* answers sent, replies not yet read */
 } peer;
 
+/* The keys of one queue for this worker (see lib/scripts.c). */
+typedef struct wqueue {
+    char *name;       /* the job list */
+    char *prefix;     /* "{name}:" */
+    char *processing; /* {name}:processing:<wid> */
+    char *alive;      /* {name}:alive:<wid> */
+    char *workers;    /* {name}:workers */
+    char *attempts;   /* {name}:attempts */
+    char *dead;       /* {name}:dead, or the dead_letter option */
+} wqueue;
+
 struct tempest_job {
     tempest_worker *w;
     tempest_job *prev, *next;
     tp_job_parts parts;
+    char *raw; /* the job as taken: the exact bytes to acknowledge */
+    size_t raw_len;
+    int queue;      /* index in w->queues */
+    bool abandoned; /* requeued at stop: the handler's next call frees it */
 };
 
 struct tempest_worker {
     tempest_node *node;
-    tp_redis *redis;
-    char *queue;
-    char *dead;
-    int concurrency;
-    int block_ms;
+    long long serial; /* key in node->workers */
+    tp_redis *redis;  /* the worker's own connection: takes and heartbeats */
+    wqueue *queues;
+    int nqueues;
+    char wid[20];
+    char *info; /* presence value */
+    long long info_node;
+    int concurrency, block_ms, ttl_ms, heartbeat_ms, grace_ms, max_attempts;
     bool handle_signals;
     handler *handlers;
     size_t nhandlers;
     tempest_job *jobs;
-    int in_hand;
+    int in_hand; /* jobs not finished nor abandoned */
     unsigned long long taken;
     peer *peers;
     int answers_inflight;
-    struct event *retry; /* take again after an error reply */
-    struct event *flush; /* bound on waiting for answer replies at stop */
+    struct event *retry;     /* take again after an error reply */
+    struct event *flush;     /* bound on waiting for answer replies at stop */
+    struct event *heartbeat; /* presence refresh while no take is in flight */
+    struct event *reap;      /* requeue the jobs of dead workers */
+    struct event *grace;     /* requeue the jobs still in hand at stop */
     struct event *signals[2];
-    bool started, stopping, taking, finished, flush_expired;
+    bool started, stopping, taking, last_empty, leaving, finished, flush_expired;
     int depth;
     bool freeing;
 };
@@ -72,10 +98,87 @@ static bool leave(tempest_worker *w) {
     return true;
 }
 
+/* ---- scripts on the node's connection -------------------------------- */
+
+/* Logs a failed script; replies carry no worker pointer, so nothing here
+ * can outlive its worker. */
+static void on_script_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    tp_redis *r = tp_redis_from(ac);
+    redisReply *rep = reply;
+    if (r == NULL || (rep && rep->type != REDIS_REPLY_ERROR))
+        return;
+    tempest_node *node = tp_redis_owner(r);
+    tp_log(&node->log, TEMPEST_LOG_ERROR, "queue script %s failed: %s", (const char *)privdata,
+           rep ? rep->str : "connection lost");
+}
+
+/* The worker a reply on the node's connection is for, or NULL if freed. */
+static tempest_worker *worker_of(redisAsyncContext *ac, void *privdata) {
+    tp_redis *r = tp_redis_from(ac);
+    tempest_node *node = r ? tp_redis_owner(r) : NULL;
+    return node ? tp_map_get(&node->workers, (long long)(intptr_t)privdata) : NULL;
+}
+
+static int job_script(tempest_job *job, int script, const char *name, int nkeys, int argc,
+                      const char **argv) {
+    size_t lens[8];
+    for (int i = 0; i < argc; i++)
+        lens[i] = argv[i] == job->raw ? job->raw_len : strlen(argv[i]);
+    int rc = tp_redis_script(job->w->node->redis, on_script_reply, (void *)name, script, nkeys,
+                             argc, argv, lens);
+    if (rc != 0)
+        tp_log(&job->w->node->log, TEMPEST_LOG_ERROR, "job %lld: %s not sent: %s",
+               job->parts.id, name, tempest_strerror(rc));
+    return rc;
+}
+
+static void ack(tempest_job *job) {
+    wqueue *q = &job->w->queues[job->queue];
+    const char *argv[] = {q->processing, q->attempts, job->raw};
+    job_script(job, TP_SCRIPT_ACK, "ack", 2, 3, argv);
+}
+
+static void requeue(tempest_job *job) {
+    wqueue *q = &job->w->queues[job->queue];
+    const char *argv[] = {q->processing, q->name, job->raw};
+    job_script(job, TP_SCRIPT_REQUEUE, "requeue", 2, 3, argv);
+}
+
 /* ---- stop ------------------------------------------------------------ */
 
+static void finished(tempest_worker *w) {
+    w->leaving = false;
+    w->finished = true;
+    evtimer_del(w->heartbeat);
+    evtimer_del(w->reap);
+    evtimer_del(w->grace);
+    tp_log(&w->node->log, TEMPEST_LOG_INFO, "worker %s stopped", w->wid);
+}
+
+static void on_left(redisAsyncContext *ac, void *reply, void *privdata) {
+    (void)reply;
+    tempest_worker *w = worker_of(ac, privdata);
+    if (w && w->leaving)
+        finished(w);
+}
+
+/* Removes the worker's presence; the registry keeps it while jobs remain
+ * in its processing lists (the reaper requeues them). */
+static int send_leave(tempest_worker *w, redisCallbackFn *fn) {
+    const char *argv[3 * 15 + 1];
+    int n = 0;
+    for (int i = 0; i < w->nqueues; i++) {
+        argv[n++] = w->queues[i].alive;
+        argv[n++] = w->queues[i].workers;
+        argv[n++] = w->queues[i].processing;
+    }
+    argv[n] = w->wid;
+    return tp_redis_script(w->node->redis, fn, (void *)(intptr_t)w->serial, TP_SCRIPT_LEAVE, n,
+                           n + 1, argv, NULL);
+}
+
 static void check_finished(tempest_worker *w) {
-    if (!w->stopping || w->finished || w->taking || w->in_hand > 0)
+    if (!w->stopping || w->finished || w->leaving || w->taking || w->in_hand > 0)
         return;
     if (w->answers_inflight > 0 && !w->flush_expired) {
         struct timeval tv = {2, 0};
@@ -84,8 +187,9 @@ static void check_finished(tempest_worker *w) {
         return;
     }
     evtimer_del(w->flush);
-    w->finished = true;
-    tp_log(&w->node->log, TEMPEST_LOG_INFO, "worker on %s stopped", w->queue);
+    w->leaving = true;
+    if (send_leave(w, on_left) != 0)
+        finished(w); /* Redis is down: presence expires by itself */
 }
 
 static void on_flush_timeout(evutil_socket_t fd, short what, void *arg) {
@@ -98,11 +202,32 @@ static void on_flush_timeout(evutil_socket_t fd, short what, void *arg) {
     check_finished(w);
 }
 
+/* The grace period is over: jobs still in hand go back to their queue. */
+static void on_grace(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    tempest_worker *w = arg;
+    for (tempest_job *job = w->jobs; job; job = job->next) {
+        if (job->abandoned)
+            continue;
+        tp_log(&w->node->log, TEMPEST_LOG_WARN, "job %lld still in hand at stop: requeued",
+               job->parts.id);
+        requeue(job);
+        job->abandoned = true;
+        w->in_hand--;
+    }
+    check_finished(w);
+}
+
 TEMPEST_API void tempest_worker_stop(tempest_worker *w) {
-    if (w == NULL || w->stopping)
+    if (w == NULL || w->stopping || !w->started)
         return;
     w->stopping = true;
     evtimer_del(w->retry);
+    if (w->in_hand > 0) {
+        struct timeval tv = {w->grace_ms / 1000, (w->grace_ms % 1000) * 1000};
+        evtimer_add(w->grace, &tv);
+    }
     check_finished(w);
 }
 
@@ -130,8 +255,7 @@ static void on_peer_connect(const redisAsyncContext *ac, int status) {
         return;
     tp_log(&p->w->node->log, TEMPEST_LOG_WARN, "cannot reach %s to answer: %s", p->addr,
            ac->errstr);
-    p->ac = NULL; /* hiredis frees the context */
-    peer_unlink(p);
+    peer_unlink(p); /* clears ac->data; hiredis frees the context after this */
 }
 
 static void on_peer_disconnect(const redisAsyncContext *ac, int status) {
@@ -139,8 +263,7 @@ static void on_peer_disconnect(const redisAsyncContext *ac, int status) {
     peer *p = ac->data;
     if (p == NULL)
         return;
-    p->ac = NULL;
-    peer_unlink(p);
+    peer_unlink(p); /* clears ac->data; hiredis frees the context after this */
 }
 
 static void on_peer_reply(redisAsyncContext *ac, void *reply, void *privdata) {
@@ -156,8 +279,30 @@ static void on_peer_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     check_finished(p->w);
 }
 
+/* The listener's reply to our AUTH: only a refusal matters (it is logged). */
+static void on_peer_auth(redisAsyncContext *ac, void *reply, void *privdata) {
+    (void)privdata;
+    peer *p = ac->data;
+    redisReply *rep = reply;
+    if (p == NULL || rep == NULL || rep->type != REDIS_REPLY_ERROR)
+        return;
+    tp_log(&p->w->node->log, TEMPEST_LOG_WARN, "%s refused AUTH: %s", p->addr, rep->str);
+}
+
+/* Queues `AUTH <secret>` first on a new peer connection when the node has a
+ * secret; hiredis keeps the order, so it precedes every answer. */
+static void peer_auth(peer *p) {
+    const char *secret = p->w->node->secret;
+    if (secret == NULL)
+        return;
+    const char *argv[] = {"AUTH", secret};
+    size_t lens[] = {4, strlen(secret)};
+    if (redisAsyncCommandArgv(p->ac, on_peer_auth, NULL, 2, argv, lens) != REDIS_OK)
+        tp_log(&p->w->node->log, TEMPEST_LOG_WARN, "cannot send AUTH to %s", p->addr);
+}
+
 static peer *peer_open(tempest_worker *w, const char *addr) {
-    char *host = NULL, err[200];
+    char *host = NULL, err[200] = "out of memory";
     int port;
     peer *p = calloc(1, sizeof *p);
     if (p == NULL || tp_addr_parse(addr, &host, &port, err, sizeof err) != 0)
@@ -171,6 +316,7 @@ static peer *peer_open(tempest_worker *w, const char *addr) {
     redisAsyncSetDisconnectCallback(p->ac, on_peer_disconnect);
     p->next = w->peers;
     w->peers = p;
+    peer_auth(p);
     free(host);
     return p;
 fail:
@@ -206,7 +352,7 @@ static int send_answer(tempest_job *job, const char *payload, size_t len, const 
     return 0;
 }
 
-static void job_finish(tempest_job *job) {
+static void job_free(tempest_job *job) {
     tempest_worker *w = job->w;
     if (job->prev)
         job->prev->next = job->next;
@@ -214,16 +360,31 @@ static void job_finish(tempest_job *job) {
         w->jobs = job->next;
     if (job->next)
         job->next->prev = job->prev;
-    w->in_hand--;
     tp_job_parts_clear(&job->parts);
+    free(job->raw);
     free(job);
+}
+
+/* The job leaves the worker's hands; `settle` sent its fate to Redis. */
+static void job_release(tempest_job *job) {
+    tempest_worker *w = job->w;
+    w->in_hand--;
+    job_free(job);
     check_finished(w);
     maybe_take(w);
+}
+
+/* A call on a job requeued at stop: refused, and the job is freed. */
+static int job_abandoned(tempest_job *job) {
+    job_free(job);
+    return TEMPEST_ECANCELED;
 }
 
 TEMPEST_API int tempest_job_answer(tempest_job *job, json_t *answer, bool more) {
     if (job == NULL || answer == NULL)
         return TEMPEST_EINVAL;
+    if (job->abandoned)
+        return job_abandoned(job);
     int rc = 0;
     if (job->parts.respond_to) {
         size_t len;
@@ -232,14 +393,21 @@ TEMPEST_API int tempest_job_answer(tempest_job *job, json_t *answer, bool more) 
         free(payload);
         rc = rc == TEMPEST_EDOWN ? 0 : rc; /* logged; the producer times out */
     }
-    if (!more)
-        job_finish(job);
+    if (!more) {
+        ack(job);
+        job_release(job);
+    }
     return rc;
 }
 
-TEMPEST_API void tempest_job_done(tempest_job *job) {
-    if (job)
-        job_finish(job);
+TEMPEST_API int tempest_job_done(tempest_job *job) {
+    if (job == NULL)
+        return TEMPEST_EINVAL;
+    if (job->abandoned)
+        return job_abandoned(job);
+    ack(job);
+    job_release(job);
+    return 0;
 }
 
 static void answer_error(tempest_job *job, const char *message) {
@@ -254,23 +422,42 @@ static void answer_error(tempest_job *job, const char *message) {
     json_decref(s);
 }
 
+TEMPEST_API int tempest_job_fail(tempest_job *job, const char *reason, bool retry) {
+    if (job == NULL)
+        return TEMPEST_EINVAL;
+    if (job->abandoned)
+        return job_abandoned(job);
+    tempest_worker *w = job->w;
+    wqueue *q = &w->queues[job->queue];
+    char max[16];
+    snprintf(max, sizeof max, "%d", w->max_attempts);
+    const char *why = reason && *reason ? reason : "failed by its handler";
+    int rc;
+    if (retry) {
+        const char *argv[] = {q->processing, q->attempts, q->name, q->dead,
+                              job->raw,      max,         why,     q->name};
+        rc = job_script(job, TP_SCRIPT_RETRY, "retry", 4, 8, argv);
+    } else {
+        const char *argv[] = {q->processing, q->attempts, q->dead, job->raw, why, q->name};
+        rc = job_script(job, TP_SCRIPT_BURY, "bury", 3, 6, argv);
+        answer_error(job, why);
+    }
+    job_release(job);
+    return rc;
+}
+
 /* ---- taking and dispatching ------------------------------------------ */
 
-static void dead_letter(tempest_worker *w, const char *raw, size_t len, const char *reason) {
-    struct timeval now;
-    gettimeofday(&now, NULL);
-    json_t *entry = json_pack("{s:s%,s:s,s:s,s:I}", "job", raw, len, "reason", reason, "queue",
-                              w->queue, "at", (json_int_t)now.tv_sec * 1000 + now.tv_usec / 1000);
-    if (entry == NULL) /* not UTF-8: keep the bytes' length at least */
-        entry = json_pack("{s:s,s:s,s:s,s:I}", "job", "(invalid UTF-8)", "reason", reason, "queue",
-                          w->queue, "bytes", (json_int_t)len);
-    char *text = entry ? json_dumps(entry, JSON_COMPACT) : NULL;
-    int rc = text ? tp_redis_cmd(w->node->redis, NULL, NULL, "RPUSH %s %s", w->dead, text)
-                  : TEMPEST_ENOMEM;
+/* A job that cannot be decoded goes from processing to the dead letters. */
+static void bury_raw(tempest_worker *w, int qi, const char *raw, size_t len, const char *reason) {
+    wqueue *q = &w->queues[qi];
+    const char *argv[] = {q->processing, q->attempts, q->dead, raw, reason, q->name};
+    size_t lens[] = {strlen(q->processing), strlen(q->attempts), strlen(q->dead), len,
+                     strlen(reason), strlen(q->name)};
+    int rc = tp_redis_script(w->node->redis, on_script_reply, "bury", TP_SCRIPT_BURY, 3, 6, argv,
+                             lens);
     tp_log(&w->node->log, rc ? TEMPEST_LOG_ERROR : TEMPEST_LOG_WARN,
-           "job %s dead-lettered (%s): %s", rc ? "NOT" : "", w->dead, reason);
-    free(text);
-    json_decref(entry);
+           "malformed job %sdead-lettered to %s: %s", rc ? "NOT " : "", q->dead, reason);
 }
 
 static handler *find_handler(tempest_worker *w, const char *action) {
@@ -284,11 +471,18 @@ static handler *find_handler(tempest_worker *w, const char *action) {
     return fallback;
 }
 
-static tempest_job *job_new(tempest_worker *w, tp_job_parts *parts) {
+static tempest_job *job_new(tempest_worker *w, int qi, tp_job_parts *parts, const char *raw,
+                            size_t len) {
     tempest_job *job = calloc(1, sizeof *job);
-    if (job == NULL)
+    if (job == NULL || (job->raw = malloc(len + 1)) == NULL) {
+        free(job);
         return NULL;
+    }
+    memcpy(job->raw, raw, len);
+    job->raw[len] = '\0';
+    job->raw_len = len;
     job->w = w;
+    job->queue = qi;
     job->parts = *parts;
     job->next = w->jobs;
     if (w->jobs)
@@ -299,10 +493,12 @@ static tempest_job *job_new(tempest_worker *w, tp_job_parts *parts) {
 }
 
 /* Runs the handler of one decoded job; returns true when `w` was freed. */
-static bool dispatch(tempest_worker *w, tp_job_parts *parts) {
-    tempest_job *job = job_new(w, parts);
+static bool dispatch(tempest_worker *w, int qi, tp_job_parts *parts, const char *raw, size_t len) {
+    tempest_job *job = job_new(w, qi, parts, raw, len);
     if (job == NULL) {
-        tp_log(&w->node->log, TEMPEST_LOG_ERROR, "out of memory: job %lld dropped", parts->id);
+        /* Still in the processing list: the reaper requeues it later. */
+        tp_log(&w->node->log, TEMPEST_LOG_ERROR, "out of memory: job %lld left in processing",
+               parts->id);
         tp_job_parts_clear(parts);
         return false;
     }
@@ -312,7 +508,8 @@ static bool dispatch(tempest_worker *w, tp_job_parts *parts) {
         snprintf(msg, sizeof msg, "no handler for action '%.100s'", job->parts.action);
         tp_log(&w->node->log, TEMPEST_LOG_WARN, "job %lld: %s", job->parts.id, msg);
         answer_error(job, msg);
-        job_finish(job);
+        ack(job);
+        job_release(job);
         return false;
     }
     w->depth++;
@@ -320,49 +517,146 @@ static bool dispatch(tempest_worker *w, tp_job_parts *parts) {
     return leave(w);
 }
 
-static bool handle_raw(tempest_worker *w, const char *raw, size_t len) {
+static bool handle_raw(tempest_worker *w, int qi, const char *raw, size_t len) {
     char err[200];
     tp_job_parts parts;
     w->taken++;
     if (tp_job_decode(raw, len, &parts, err, sizeof err) != 0) {
-        dead_letter(w, raw, len, err);
+        bury_raw(w, qi, raw, len, err);
         return false;
     }
-    return dispatch(w, &parts);
+    return dispatch(w, qi, &parts, raw, len);
 }
 
-static void on_taken(redisAsyncContext *ac, void *reply, void *privdata) {
-    (void)privdata;
+/* Common handling of a take's reply; returns the worker, or NULL when the
+ * reply must be ignored (worker gone, connection lost, or an error). */
+static tempest_worker *take_reply(redisAsyncContext *ac, redisReply *rep, const char *what) {
     tp_redis *r = tp_redis_from(ac);
-    redisReply *rep = reply;
     if (r == NULL)
-        return;
+        return NULL;
     tempest_worker *w = tp_redis_owner(r);
     w->taking = false;
-    if (rep == NULL)
-        return; /* connection lost: taking resumes when it is back up */
+    if (rep == NULL) {
+        check_finished(w);
+        return NULL; /* taking resumes when the connection is back up */
+    }
     if (rep->type == REDIS_REPLY_ERROR) {
-        tp_log(&w->node->log, TEMPEST_LOG_ERROR, "BLPOP %s: %s", w->queue, rep->str);
+        tp_log(&w->node->log, TEMPEST_LOG_ERROR, "%s on %s: %s", what, w->queues[0].name, rep->str);
         struct timeval tv = {1, 0};
         evtimer_add(w->retry, &tv);
-        return;
+        check_finished(w);
+        return NULL;
     }
-    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
-        rep->element[1]->type == REDIS_REPLY_STRING) {
-        if (handle_raw(w, rep->element[1]->str, rep->element[1]->len))
+    return w;
+}
+
+static void on_moved(redisAsyncContext *ac, void *reply, void *privdata) {
+    (void)privdata;
+    redisReply *rep = reply;
+    tempest_worker *w = take_reply(ac, rep, "BLMOVE");
+    if (w == NULL)
+        return;
+    if (rep->type == REDIS_REPLY_STRING) {
+        w->last_empty = false;
+        if (handle_raw(w, 0, rep->str, rep->len))
             return;
     }
     check_finished(w);
     maybe_take(w);
 }
 
-static void maybe_take(tempest_worker *w) {
-    if (!w->started || w->stopping || w->taking || w->freeing || w->in_hand >= w->concurrency ||
-        evtimer_pending(w->retry, NULL))
+static void on_batch(redisAsyncContext *ac, void *reply, void *privdata) {
+    int room = (int)(intptr_t)privdata;
+    redisReply *rep = reply;
+    tempest_worker *w = take_reply(ac, rep, "take");
+    if (w == NULL)
         return;
+    size_t n = rep->type == REDIS_REPLY_ARRAY ? rep->elements / 2 : 0;
+    w->last_empty = n < (size_t)room;
+    for (size_t i = 0; i < n; i++) {
+        redisReply *qi = rep->element[2 * i], *job = rep->element[2 * i + 1];
+        if (qi->type != REDIS_REPLY_INTEGER || qi->integer < 0 || qi->integer >= w->nqueues ||
+            job->type != REDIS_REPLY_STRING)
+            continue;
+        if (handle_raw(w, (int)qi->integer, job->str, job->len))
+            return;
+    }
+    check_finished(w);
+    maybe_take(w);
+}
+
+/* Presence value: who this worker is, for monitors and people. */
+static const char *presence_info(tempest_worker *w) {
+    long long id = tempest_node_id(w->node);
+    if (w->info && w->info_node == id)
+        return w->info;
+    char host[128] = "";
+    gethostname(host, sizeof host - 1);
+    json_t *j = json_pack("{s:s,s:I,s:i,s:s,s:i}", "worker", w->wid, "node", (json_int_t)id, "pid",
+                          (int)getpid(), "host", host, "concurrency", w->concurrency);
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (text) {
+        free(w->info);
+        w->info = text;
+        w->info_node = id;
+    }
+    return w->info ? w->info : "{}";
+}
+
+static void send_heartbeat(tempest_worker *w) {
+    const char *argv[2 * 15 + 3];
+    char ttl[16];
+    int n = 0;
+    snprintf(ttl, sizeof ttl, "%d", w->ttl_ms);
+    for (int i = 0; i < w->nqueues; i++) {
+        argv[n++] = w->queues[i].alive;
+        argv[n++] = w->queues[i].workers;
+    }
+    argv[n] = ttl;
+    argv[n + 1] = presence_info(w);
+    argv[n + 2] = w->wid;
+    tp_redis_script(w->redis, on_script_reply, "heartbeat", TP_SCRIPT_HEARTBEAT, n, n + 3, argv,
+                    NULL);
+}
+
+/* Non-blocking: heartbeat, then up to `room` jobs, queues in priority order. */
+static int take_batch(tempest_worker *w, int room) {
+    const char *argv[4 * 15 + 4];
+    char ttl[16], max[16];
+    int n = 0;
+    snprintf(ttl, sizeof ttl, "%d", w->ttl_ms);
+    snprintf(max, sizeof max, "%d", room);
+    for (int i = 0; i < w->nqueues; i++) {
+        argv[n++] = w->queues[i].name;
+        argv[n++] = w->queues[i].processing;
+        argv[n++] = w->queues[i].alive;
+        argv[n++] = w->queues[i].workers;
+    }
+    argv[n] = ttl;
+    argv[n + 1] = presence_info(w);
+    argv[n + 2] = w->wid;
+    argv[n + 3] = max;
+    return tp_redis_script(w->redis, on_batch, (void *)(intptr_t)room, TP_SCRIPT_TAKE, n, n + 4,
+                           argv, NULL);
+}
+
+/* Blocking, bounded by the Redis-side timeout: heartbeat, then BLMOVE on
+ * the first queue (pipelined on the same connection, in this order). */
+static int take_blocking(tempest_worker *w) {
     char timeout[32];
     snprintf(timeout, sizeof timeout, "%.3f", w->block_ms / 1000.0);
-    if (tp_redis_cmd(w->redis, on_taken, NULL, "BLPOP %s %s", w->queue, timeout) == 0)
+    send_heartbeat(w);
+    return tp_redis_cmd(w->redis, on_moved, NULL, "BLMOVE %s %s LEFT LEFT %s", w->queues[0].name,
+                        w->queues[0].processing, timeout);
+}
+
+static void maybe_take(tempest_worker *w) {
+    int room = w->concurrency - w->in_hand;
+    if (!w->started || w->stopping || w->taking || w->freeing || room <= 0 ||
+        evtimer_pending(w->retry, NULL) || tp_redis_state(w->redis) != TEMPEST_NODE_UP)
+        return;
+    if ((w->last_empty ? take_blocking(w) : take_batch(w, room)) == 0)
         w->taking = true;
 }
 
@@ -372,10 +666,50 @@ static void on_retry(evutil_socket_t fd, short what, void *arg) {
     maybe_take(arg);
 }
 
+static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    tempest_worker *w = arg;
+    /* A take in flight was preceded by a heartbeat, and the next one will be. */
+    if (!w->taking && !w->leaving && !w->finished && tp_redis_state(w->redis) == TEMPEST_NODE_UP)
+        send_heartbeat(w);
+}
+
+static void on_reaped(redisAsyncContext *ac, void *reply, void *privdata) {
+    redisReply *rep = reply;
+    tempest_worker *w = worker_of(ac, privdata);
+    if (w == NULL || rep == NULL)
+        return;
+    if (rep->type == REDIS_REPLY_ERROR) {
+        tp_log(&w->node->log, TEMPEST_LOG_ERROR, "reaper: %s", rep->str);
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+               (rep->element[0]->integer || rep->element[1]->integer)) {
+        tp_log(&w->node->log, TEMPEST_LOG_WARN,
+               "reaper: %lld jobs of dead workers requeued, %lld dead-lettered",
+               rep->element[0]->integer, rep->element[1]->integer);
+    }
+}
+
+static void on_reap(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    tempest_worker *w = arg;
+    char max[16];
+    snprintf(max, sizeof max, "%d", w->max_attempts);
+    for (int i = 0; i < w->nqueues; i++) {
+        wqueue *q = &w->queues[i];
+        const char *argv[] = {q->name, q->workers, q->attempts, q->dead, q->prefix, max, q->name};
+        tp_redis_script(w->node->redis, on_reaped, (void *)(intptr_t)w->serial, TP_SCRIPT_REAP, 4,
+                        7, argv, NULL);
+    }
+}
+
 static void on_redis_state(tp_redis *r, int state, const char *reason, void *arg) {
     (void)r;
     (void)reason;
     tempest_worker *w = arg;
+    w->taking = false;
+    w->last_empty = false; /* the first take after a reconnect is a batch */
     if (state == TEMPEST_NODE_UP)
         maybe_take(w);
     else
@@ -384,38 +718,124 @@ static void on_redis_state(tp_redis *r, int state, const char *reason, void *arg
 
 /* ---- life cycle ------------------------------------------------------ */
 
-static int copy_options(tempest_worker *w, const tempest_worker_options *o) {
-    w->queue = strdup(o->queue ? o->queue : "tempest");
-    if (w->queue == NULL)
-        return TEMPEST_ENOMEM;
-    if (o->dead_letter) {
-        w->dead = strdup(o->dead_letter);
-    } else if ((w->dead = malloc(strlen(w->queue) + 6)) != NULL) {
-        sprintf(w->dead, "%s:dead", w->queue);
-    }
-    w->concurrency = o->concurrency > 0 ? o->concurrency : 1;
-    w->block_ms = o->block_timeout_ms > 0 ? o->block_timeout_ms : 1000;
-    w->handle_signals = o->handle_signals;
-    return w->dead ? 0 : TEMPEST_ENOMEM;
+static char *key(const char *prefix, const char *what, const char *wid) {
+    char *k = malloc(strlen(prefix) + strlen(what) + (wid ? strlen(wid) : 0) + 1);
+    if (k)
+        sprintf(k, "%s%s%s", prefix, what, wid ? wid : "");
+    return k;
 }
 
-TEMPEST_API tempest_worker *
-tempest_worker_new(tempest_node *node, const tempest_worker_options *options, tempest_error *err) {
+static int queue_init(wqueue *q, const char *name, const char *dead, const char *wid) {
+    q->name = strdup(name);
+    q->prefix = malloc(strlen(name) + 4);
+    if (q->name == NULL || q->prefix == NULL)
+        return TEMPEST_ENOMEM;
+    sprintf(q->prefix, "{%s}:", name);
+    q->processing = key(q->prefix, "processing:", wid);
+    q->alive = key(q->prefix, "alive:", wid);
+    q->workers = key(q->prefix, "workers", NULL);
+    q->attempts = key(q->prefix, "attempts", NULL);
+    q->dead = dead ? strdup(dead) : key(q->prefix, "dead", NULL);
+    bool ok = q->processing && q->alive && q->workers && q->attempts && q->dead;
+    return ok ? 0 : TEMPEST_ENOMEM;
+}
+
+static void queue_clear(wqueue *q) {
+    free(q->name);
+    free(q->prefix);
+    free(q->processing);
+    free(q->alive);
+    free(q->workers);
+    free(q->attempts);
+    free(q->dead);
+}
+
+static void make_wid(char wid[20]) {
+    unsigned char b[8];
+    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
+        unsigned long long x = (unsigned long long)time(NULL) ^ ((unsigned long long)getpid() << 32);
+        memcpy(b, &x, sizeof b);
+    }
+    for (int i = 0; i < 8; i++)
+        sprintf(wid + 2 * i, "%02x", b[i]);
+}
+
+static int count_queues(const tempest_worker_options *o) {
+    int n = 0;
+    if (o->queues)
+        while (o->queues[n])
+            n++;
+    return o->queues ? n : 1;
+}
+
+static int copy_options(tempest_worker *w, const tempest_worker_options *o) {
+    w->concurrency = o->concurrency > 0 ? o->concurrency : 1;
+    w->block_ms = o->block_timeout_ms > 0 ? o->block_timeout_ms : 1000;
+    w->heartbeat_ms = o->heartbeat_ms > 0 ? o->heartbeat_ms : 1000;
+    w->ttl_ms = o->ttl_ms > 0 ? o->ttl_ms : 5000;
+    w->grace_ms = o->stop_grace_ms > 0 ? o->stop_grace_ms : 10000;
+    w->max_attempts = o->max_attempts > 0 ? o->max_attempts : 5;
+    w->handle_signals = o->handle_signals;
+    make_wid(w->wid);
+    w->nqueues = count_queues(o);
+    w->queues = calloc((size_t)w->nqueues, sizeof *w->queues);
+    if (w->queues == NULL)
+        return TEMPEST_ENOMEM;
+    for (int i = 0; i < w->nqueues; i++) {
+        const char *name = o->queues ? o->queues[i] : (o->queue ? o->queue : "tempest");
+        if (queue_init(&w->queues[i], name, o->dead_letter, w->wid) != 0)
+            return TEMPEST_ENOMEM;
+    }
+    return 0;
+}
+
+static const char *check_options(const tempest_worker_options *o) {
+    int n = count_queues(o);
+    if (o->concurrency < 0 || o->block_timeout_ms < 0 || o->ttl_ms < 0 || o->heartbeat_ms < 0 ||
+        o->max_attempts < 0 || o->stop_grace_ms < 0)
+        return "options must not be negative";
+    if (n < 1 || n > 15)
+        return "a worker takes from 1 to 15 queues";
+    for (int i = 0; i < n; i++) {
+        const char *q = o->queues ? o->queues[i] : o->queue;
+        if (q && *q == '\0')
+            return "a queue name must not be empty";
+    }
+    int block = o->block_timeout_ms > 0 ? o->block_timeout_ms : 1000;
+    int ttl = o->ttl_ms > 0 ? o->ttl_ms : 5000;
+    int beat = o->heartbeat_ms > 0 ? o->heartbeat_ms : 1000;
+    if (ttl < 2 * block || ttl < 2 * beat)
+        return "ttl_ms must be at least twice block_timeout_ms and heartbeat_ms";
+    return NULL;
+}
+
+static int make_timers(tempest_worker *w) {
+    struct event_base *base = w->node->base;
+    w->retry = evtimer_new(base, on_retry, w);
+    w->flush = evtimer_new(base, on_flush_timeout, w);
+    w->grace = evtimer_new(base, on_grace, w);
+    w->heartbeat = event_new(base, -1, EV_PERSIST, on_heartbeat, w);
+    w->reap = event_new(base, -1, EV_PERSIST, on_reap, w);
+    return w->retry && w->flush && w->grace && w->heartbeat && w->reap ? 0 : TEMPEST_ENOMEM;
+}
+
+TEMPEST_API tempest_worker *tempest_worker_new(tempest_node *node,
+                                               const tempest_worker_options *options,
+                                               tempest_error *err) {
     static const tempest_worker_options defaults;
     const tempest_worker_options *o = options ? options : &defaults;
-    if (node == NULL || o->concurrency < 0 || (o->queue && *o->queue == '\0')) {
-        tp_error_set(err, TEMPEST_EINVAL, "worker: a node is required, and a non-empty queue");
+    const char *bad = node ? check_options(o) : "a node is required";
+    if (bad) {
+        tp_error_set(err, TEMPEST_EINVAL, "worker: %s", bad);
         return NULL;
     }
     tempest_worker *w = calloc(1, sizeof *w);
     if (w == NULL)
         goto nomem;
     w->node = node;
-    if (copy_options(w, o) != 0)
-        goto nomem;
-    w->retry = evtimer_new(node->base, on_retry, w);
-    w->flush = evtimer_new(node->base, on_flush_timeout, w);
-    if (w->retry == NULL || w->flush == NULL)
+    w->serial = ++node->next_worker;
+    if (copy_options(w, o) != 0 || make_timers(w) != 0 ||
+        tp_map_put(&node->workers, w->serial, w) != 0)
         goto nomem;
     return w;
 nomem:
@@ -447,20 +867,29 @@ TEMPEST_API int tempest_worker_on(tempest_worker *w, const char *action, tempest
     return 0;
 }
 
+static void start_timers(tempest_worker *w) {
+    struct timeval beat = {w->heartbeat_ms / 1000, (w->heartbeat_ms % 1000) * 1000};
+    struct timeval reap = {w->ttl_ms / 1000, (w->ttl_ms % 1000) * 1000};
+    evtimer_add(w->heartbeat, &beat);
+    evtimer_add(w->reap, &reap);
+}
+
 TEMPEST_API int tempest_worker_start(tempest_worker *w) {
     if (w == NULL)
         return TEMPEST_EINVAL;
     if (w->started && !w->finished)
         return TEMPEST_ESTATE;
     w->started = true;
-    w->stopping = w->finished = w->flush_expired = false;
+    w->stopping = w->finished = w->flush_expired = w->last_empty = false;
     if (w->redis == NULL) {
         tempest_node *n = w->node;
         w->redis = tp_redis_new(n->base, &n->url, &n->timing, &n->log, on_redis_state, w);
         if (w->redis == NULL)
             return TEMPEST_ENOMEM;
     }
-    tp_log(&w->node->log, TEMPEST_LOG_INFO, "worker taking jobs from %s", w->queue);
+    start_timers(w);
+    tp_log(&w->node->log, TEMPEST_LOG_INFO, "worker %s taking jobs from %s%s", w->wid,
+           w->queues[0].name, w->nqueues > 1 ? " and more" : "");
     maybe_take(w);
     return 0;
 }
@@ -520,6 +949,10 @@ TEMPEST_API unsigned long long tempest_worker_taken(const tempest_worker *w) {
     return w ? w->taken : 0;
 }
 
+TEMPEST_API const char *tempest_worker_id(const tempest_worker *w) {
+    return w ? w->wid : NULL;
+}
+
 static void free_peers(tempest_worker *w) {
     while (w->peers) {
         peer *p = w->peers;
@@ -533,27 +966,41 @@ static void free_peers(tempest_worker *w) {
     }
 }
 
+/* Freed while running: jobs in hand go back to their queue and the
+ * presence goes, best effort (the reaper covers what this misses). */
+static void abandon_all(tempest_worker *w) {
+    if (!w->started || w->finished || tp_redis_state(w->node->redis) != TEMPEST_NODE_UP)
+        return;
+    for (tempest_job *job = w->jobs; job; job = job->next)
+        if (!job->abandoned)
+            requeue(job);
+    send_leave(w, NULL);
+}
+
+static void free_events(tempest_worker *w) {
+    struct event *evs[] = {w->retry, w->flush, w->grace, w->heartbeat,
+                           w->reap,  w->signals[0], w->signals[1]};
+    for (size_t i = 0; i < sizeof evs / sizeof *evs; i++)
+        if (evs[i])
+            event_free(evs[i]);
+}
+
 static void destroy(tempest_worker *w) {
-    while (w->jobs) {
-        tempest_job *job = w->jobs;
-        w->jobs = job->next;
-        tp_job_parts_clear(&job->parts);
-        free(job);
-    }
+    tp_map_del(&w->node->workers, w->serial);
+    if (w->queues)
+        abandon_all(w);
+    while (w->jobs)
+        job_free(w->jobs);
     free_peers(w);
-    for (int i = 0; i < 2; i++)
-        if (w->signals[i])
-            event_free(w->signals[i]);
+    free_events(w);
     tp_redis_free(w->redis);
-    if (w->retry)
-        event_free(w->retry);
-    if (w->flush)
-        event_free(w->flush);
     for (size_t i = 0; i < w->nhandlers; i++)
         free(w->handlers[i].action);
     free(w->handlers);
-    free(w->queue);
-    free(w->dead);
+    for (int i = 0; w->queues && i < w->nqueues; i++)
+        queue_clear(&w->queues[i]);
+    free(w->queues);
+    free(w->info);
     free(w);
 }
 
@@ -579,4 +1026,8 @@ TEMPEST_API const char *tempest_job_respond_to(const tempest_job *job) {
 
 TEMPEST_API long long tempest_job_id(const tempest_job *job) {
     return job ? job->parts.id : 0;
+}
+
+TEMPEST_API int tempest_job_queue_index(const tempest_job *job) {
+    return job ? job->queue : -1;
 }

@@ -581,7 +581,7 @@ static void test_c_worker_answers_foreign_front(void **state) {
     json_decref(want);
     assert_int_equal(f->errors, 0);
     assert_int_equal(tempest_worker_taken(f->worker), 2);
-    assert_int_equal(tt_redis_int(&g_redis, "LLEN tempest:dead"), 0);
+    assert_int_equal(tt_redis_int(&g_redis, "LLEN {tempest}:dead"), 0);
 }
 
 /* (c) A streamed answer reaches a foreign listener as MORE, then final. */

@@ -202,9 +202,9 @@ static void test_dead_letters(void **state) {
     assert_true(tt_run_until(f->base, terminal, &r, 3000));
     assert_int_equal(r.statuses[0], 0);
     assert_int_equal(count, 1);
-    assert_int_equal(tt_redis_int(&f->redis, "LLEN q6:dead"), 6);
+    assert_int_equal(tt_redis_int(&f->redis, "LLEN {q6}:dead"), 6);
     redisContext *c = redisConnect("127.0.0.1", f->redis.port);
-    redisReply *rep = redisCommand(c, "LINDEX q6:dead 0");
+    redisReply *rep = redisCommand(c, "LINDEX {q6}:dead 0");
     assert_non_null(strstr(rep->str, "\"job\":\"not json\""));
     assert_non_null(strstr(rep->str, "\"reason\":\"job: invalid JSON"));
     freeReplyObject(rep);

@@ -65,6 +65,20 @@ typedef struct tempest_node_options {
     int log_level;              /**< lowest level passed to `log`; 0: DEBUG */
     tempest_state_fn *on_state; /**< NULL: not told */
     void *state_arg;            /**< passed to `on_state` */
+    /** Shared secret of the node listener, and of the listeners this node's
+     *  workers answer. When set, a client of the listener must send
+     *  `AUTH <secret>` (or `AUTH <user> <secret>`; the user is ignored)
+     *  before any other command but QUIT and HELLO: it gets `-NOAUTH`
+     *  otherwise, and the third wrong secret closes its connection. The
+     *  workers send `AUTH <secret>` first on every connection to a
+     *  listener. NULL: $TEMPEST_SECRET when set and non-empty, else none;
+     *  "": none, whatever the environment says. Copied; the copies are
+     *  zeroed when freed. Without a secret, a listener bound elsewhere than
+     *  loopback logs a warning when it opens. */
+    const char *secret;
+    /** Listener: most elements in one request array (command and
+     *  arguments); 0: 1024. */
+    int max_args;
 } tempest_node_options;
 
 /**

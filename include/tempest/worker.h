@@ -26,7 +26,19 @@ typedef struct tempest_job tempest_job;
  */
 typedef void tempest_handler_fn(tempest_worker *worker, tempest_job *job, void *arg);
 
-/** Worker options. Zero (or NULL) means the default of each field. */
+/**
+ * Worker options. Zero (or NULL) means the default of each field.
+ *
+ * Reliability: a job is moved (BLMOVE, or LMOVE in a Lua script) from its
+ * queue into a processing list of this worker, and removed from it only
+ * when the job is finished (final answer, tempest_job_done, or
+ * tempest_job_fail). The worker refreshes a presence key every
+ * `heartbeat_ms` with a time-to-live of `ttl_ms`; any live worker of the
+ * queue requeues (at the head) the jobs of a worker whose presence expired,
+ * counting an attempt; past `max_attempts` a job goes to the dead letters.
+ * Delivery is at least once: a job may run twice when a worker dies or
+ * stalls longer than `ttl_ms` after taking it.
+ */
 typedef struct tempest_worker_options {
     const char *queue; /**< Redis list to take jobs from; NULL: "tempest" */
     int concurrency;   /**< most jobs in hand at once; 0: 1 */
@@ -34,14 +46,30 @@ typedef struct tempest_worker_options {
      *  or a dead connection goes unnoticed; 0: 1000 ms (at most one command
      *  a second while idle). */
     int block_timeout_ms;
-    /** List that receives undecodable jobs, as `{"job":..., "reason":...}`;
-     *  NULL: "<queue>:dead". */
+    /** List that receives dead letters (undecodable jobs, jobs failed
+     *  without retry, jobs past max_attempts) as
+     *  `{"job":..., "reason":..., "queue":..., "at": <ms>}`;
+     *  NULL: "{<queue>}:dead". */
     const char *dead_letter;
     /** tempest_worker_loop() stops the worker on SIGINT and SIGTERM, and
      *  sets SIGPIPE to be ignored (process-wide; a peer that resets a
      *  connection would otherwise kill the process). Without this option,
      *  ignore SIGPIPE yourself, as every libevent server must. */
     bool handle_signals;
+    /** Several queues in strict priority order, highest first, NULL-
+     *  terminated (at most 15); overrides `queue`. When all are empty the
+     *  worker blocks on the first one, so a job on a lower queue waits up to
+     *  block_timeout_ms while the worker is idle. Borrowed during
+     *  tempest_worker_new() only (names are copied). */
+    const char *const *queues;
+    int max_attempts;  /**< deliveries before a job is dead-lettered; 0: 5 */
+    int heartbeat_ms;  /**< presence refresh period; 0: 1000 */
+    /** presence time-to-live; at least twice block_timeout_ms and
+     *  heartbeat_ms; 0: 5000 */
+    int ttl_ms;
+    /** At stop, how long jobs in hand may take to finish before they are
+     *  requeued; 0: 10000 ms. */
+    int stop_grace_ms;
 } tempest_worker_options;
 
 /**
@@ -69,8 +97,11 @@ TEMPEST_API int tempest_worker_start(tempest_worker *worker);
 /**
  * Asks the worker to stop: it takes no new job (a take already waiting in
  * Redis returns within block_timeout_ms, and a job it brings is still
- * handled), lets the jobs in hand finish, and then tempest_worker_loop()
- * returns. Safe from handlers and signal-driven callbacks of the loop.
+ * handled), lets the jobs in hand finish for up to stop_grace_ms, then
+ * requeues (at the head of their queue) those still in hand, removes its
+ * presence, and tempest_worker_loop() returns. A handler that later calls
+ * tempest_job_answer/done/fail on a requeued job gets TEMPEST_ECANCELED
+ * and the job is freed. Safe from handlers and signal-driven callbacks.
  */
 TEMPEST_API void tempest_worker_stop(tempest_worker *worker);
 
@@ -88,9 +119,16 @@ TEMPEST_API int tempest_worker_in_hand(const tempest_worker *worker);
 /** Number of jobs this worker has taken since it was created. */
 TEMPEST_API unsigned long long tempest_worker_taken(const tempest_worker *worker);
 
+/** The worker's random id (16 hex digits), used in its Redis keys
+ *  `{queue}:processing:<id>` and `{queue}:alive:<id>`. Borrowed. */
+TEMPEST_API const char *tempest_worker_id(const tempest_worker *worker);
+
 /**
- * Frees the worker. Jobs still in hand are finished without an answer (a
- * waiting producer then times out). Safe from a handler; inside
+ * Frees the worker at once (prefer tempest_worker_stop() for a graceful
+ * end). Jobs still in hand are requeued at the head of their queue when
+ * Redis is reachable (otherwise the reaper of another worker requeues them
+ * after ttl_ms), their job pointers become invalid, and a waiting producer
+ * gets its answer from the next worker. Safe from a handler; inside
  * tempest_worker_loop() the free completes when the loop returns (it
  * returns at once). NULL does nothing.
  */
@@ -111,16 +149,35 @@ TEMPEST_API long long tempest_job_id(const tempest_job *job);
 /**
  * Sends an answer (borrowed; encoded at once) to the job's producer as
  * `<action> <id> <json> [MORE]`. With `more` the job stays in hand and
- * further answers may follow; without it the job is finished and freed.
- * For a fire-and-forget job nothing is sent. A failure to reach the
- * producer is logged, never reported to a handler that cannot act on it.
- * Returns 0, TEMPEST_EINVAL (NULL job or answer) or TEMPEST_ENOMEM (the
- * job is still finished when `more` is false).
+ * further answers may follow; without it the job is finished: removed from
+ * the worker's processing list in Redis, and freed. For a fire-and-forget
+ * job nothing is sent. A failure to reach the producer is logged, never
+ * reported to a handler that cannot act on it.
+ * Returns 0, TEMPEST_EINVAL (NULL job or answer), TEMPEST_ENOMEM (the job
+ * is still finished when `more` is false), or TEMPEST_ECANCELED for a job
+ * requeued at stop (the job is freed).
  */
 TEMPEST_API int tempest_job_answer(tempest_job *job, json_t *answer, bool more);
 
-/** Finishes the job without an answer (nothing is sent) and frees it. */
-TEMPEST_API void tempest_job_done(tempest_job *job);
+/** Finishes the job without an answer (nothing is sent) and frees it.
+ *  Returns 0, TEMPEST_EINVAL, or TEMPEST_ECANCELED (requeued at stop). */
+TEMPEST_API int tempest_job_done(tempest_job *job);
+
+/**
+ * Fails the job on purpose and frees it. With `retry`, the job goes back to
+ * the tail of its queue with one more attempt counted (dead-lettered when
+ * that reaches max_attempts); a waiting producer keeps waiting for the next
+ * worker. Without it, the job is dead-lettered with `reason` (copied; NULL
+ * gives a generic text) and a waiting producer is answered with an error
+ * (TEMPEST_EREMOTE at the producer, 502 at a front).
+ * Returns 0, TEMPEST_EINVAL, TEMPEST_EDOWN (Redis unreachable: the job stays
+ * in the processing list and is requeued by the reaper once this worker is
+ * gone), or TEMPEST_ECANCELED (requeued at stop).
+ */
+TEMPEST_API int tempest_job_fail(tempest_job *job, const char *reason, bool retry);
+
+/** Index of the job's queue in the `queues` option (0 with `queue`). */
+TEMPEST_API int tempest_job_queue_index(const tempest_job *job);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,135 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Lua sources of the reliable queue. Conventions, for a queue q and a
+ * worker id w:
+ *
+ *   q                      the compatible job list (RPUSH by producers)
+ *   {q}:processing:<w>     jobs worker w has taken and not finished
+ *   {q}:alive:<w>          w's presence, with a time-to-live
+ *   {q}:workers            set of worker ids that may own a processing list
+ *   {q}:attempts           hash: sha1(job) -> times the job was requeued
+ *   {q}:dead               dead letters: {"job","reason","queue","at"} JSON
+ *
+ * A worker runs the heartbeat (on its own connection) before every take,
+ * and its block timeout is shorter than the presence TTL, so a worker whose
+ * presence key is missing has no take in flight: the reaper may requeue its
+ * jobs and drop it from the registry without racing a move.
+ */
+#include "scripts.h"
+
+/* KEYS: per queue (alive, workers) pairs. ARGV: ttl ms, info, worker id. */
+#define HEARTBEAT_BODY                                                                             \
+    "for i = 1, #KEYS, 2 do\n"                                                                     \
+    "  redis.call('SET', KEYS[i], ARGV[2], 'PX', ARGV[1])\n"                                       \
+    "  redis.call('SADD', KEYS[i + 1], ARGV[3])\n"                                                 \
+    "end\n"
+
+static const char heartbeat[] = "-- tempest:heartbeat\n" HEARTBEAT_BODY;
+
+/* KEYS: n triples (queue, processing, alive, workers) = 4 per queue.
+ * ARGV: ttl ms, info, worker id, max jobs.
+ * Returns a flat array of (queue index, job) pairs. */
+static const char take[] = "-- tempest:take\n"
+                           "for i = 1, #KEYS, 4 do\n"
+                           "  redis.call('SET', KEYS[i + 2], ARGV[2], 'PX', ARGV[1])\n"
+                           "  redis.call('SADD', KEYS[i + 3], ARGV[3])\n"
+                           "end\n"
+                           "local out, n = {}, tonumber(ARGV[4])\n"
+                           "for i = 1, #KEYS, 4 do\n"
+                           "  while n > 0 do\n"
+                           "    local job = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'LEFT')\n"
+                           "    if not job then break end\n"
+                           "    out[#out + 1] = (i - 1) / 4\n"
+                           "    out[#out + 1] = job\n"
+                           "    n = n - 1\n"
+                           "  end\n"
+                           "end\n"
+                           "return out\n";
+
+/* KEYS: processing, attempts. ARGV: job. */
+static const char ack[] = "-- tempest:ack\n"
+                          "local n = redis.call('LREM', KEYS[1], -1, ARGV[1])\n"
+                          "redis.call('HDEL', KEYS[2], redis.sha1hex(ARGV[1]))\n"
+                          "return n\n";
+
+/* Appends a dead letter; used by retry, bury and reap. */
+#define DEAD_LETTER_FN                                                                             \
+    "local function bury(dead, job, reason, queue)\n"                                              \
+    "  local t = redis.call('TIME')\n"                                                             \
+    "  local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"                     \
+    "  redis.call('RPUSH', dead, cjson.encode({job = job, reason = reason, queue = queue,"        \
+    " at = at}))\n"                                                                                \
+    "end\n"
+
+/* KEYS: processing, attempts, queue, dead. ARGV: job, max attempts, reason, queue name.
+ * Returns 1 when requeued, 0 when dead-lettered, -1 when not in processing. */
+static const char retry[] =
+    "-- tempest:retry\n" DEAD_LETTER_FN
+    "if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return -1 end\n"
+    "local h = redis.sha1hex(ARGV[1])\n"
+    "local n = redis.call('HINCRBY', KEYS[2], h, 1)\n"
+    "if n >= tonumber(ARGV[2]) then\n"
+    "  redis.call('HDEL', KEYS[2], h)\n"
+    "  bury(KEYS[4], ARGV[1], ARGV[3] .. ' (after ' .. n .. ' attempts)', ARGV[4])\n"
+    "  return 0\n"
+    "end\n"
+    "redis.call('RPUSH', KEYS[3], ARGV[1])\n"
+    "return 1\n";
+
+/* KEYS: processing, attempts, dead. ARGV: job, reason, queue name. */
+static const char bury[] = "-- tempest:bury\n" DEAD_LETTER_FN
+                           "redis.call('LREM', KEYS[1], -1, ARGV[1])\n"
+                           "redis.call('HDEL', KEYS[2], redis.sha1hex(ARGV[1]))\n"
+                           "bury(KEYS[3], ARGV[1], ARGV[2], ARGV[3])\n"
+                           "return 1\n";
+
+/* KEYS: processing, queue. ARGV: job. */
+static const char requeue[] = "-- tempest:requeue\n"
+                              "if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end\n"
+                              "redis.call('LPUSH', KEYS[2], ARGV[1])\n"
+                              "return 1\n";
+
+/* KEYS: queue, workers, attempts, dead. ARGV: key prefix "{q}:", max attempts, queue name.
+ * Returns {requeued, dead-lettered}. */
+static const char reap[] =
+    "-- tempest:reap\n" DEAD_LETTER_FN
+    "local moved, buried = 0, 0\n"
+    "for _, w in ipairs(redis.call('SMEMBERS', KEYS[2])) do\n"
+    "  if redis.call('EXISTS', ARGV[1] .. 'alive:' .. w) == 0 then\n"
+    "    local plist = ARGV[1] .. 'processing:' .. w\n"
+    "    while true do\n"
+    "      local job = redis.call('LPOP', plist)\n"
+    "      if not job then break end\n"
+    "      local h = redis.sha1hex(job)\n"
+    "      local n = redis.call('HINCRBY', KEYS[3], h, 1)\n"
+    "      if n >= tonumber(ARGV[2]) then\n"
+    "        redis.call('HDEL', KEYS[3], h)\n"
+    "        bury(KEYS[4], job, 'worker ' .. w .. ' died holding it (after ' .. n .."
+    " ' attempts)', ARGV[3])\n"
+    "        buried = buried + 1\n"
+    "      else\n"
+    "        redis.call('LPUSH', KEYS[1], job)\n"
+    "        moved = moved + 1\n"
+    "      end\n"
+    "    end\n"
+    "    redis.call('SREM', KEYS[2], w)\n"
+    "  end\n"
+    "end\n"
+    "return {moved, buried}\n";
+
+/* KEYS: per queue (alive, workers, processing). ARGV: worker id.
+ * Removes presence; leaves the registry entry while jobs remain. */
+static const char leave[] = "-- tempest:leave\n"
+                            "for i = 1, #KEYS, 3 do\n"
+                            "  redis.call('DEL', KEYS[i])\n"
+                            "  if redis.call('LLEN', KEYS[i + 2]) == 0 then\n"
+                            "    redis.call('SREM', KEYS[i + 1], ARGV[1])\n"
+                            "  end\n"
+                            "end\n"
+                            "return 1\n";
+
+const char *const tp_scripts[TP_SCRIPT_COUNT] = {
+    [TP_SCRIPT_HEARTBEAT] = heartbeat, [TP_SCRIPT_TAKE] = take,       [TP_SCRIPT_ACK] = ack,
+    [TP_SCRIPT_RETRY] = retry,         [TP_SCRIPT_BURY] = bury,       [TP_SCRIPT_REQUEUE] = requeue,
+    [TP_SCRIPT_REAP] = reap,           [TP_SCRIPT_LEAVE] = leave,
+};
