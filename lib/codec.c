@@ -12,6 +12,7 @@
  * json_set_alloc_funcs()).
  */
 #include "codec.h"
+#include "internal.h"
 
 #include <limits.h>
 #include <stdarg.h>
@@ -47,7 +48,7 @@ static int seterr(char *err, size_t errlen, int code, const char *fmt, ...) {
 
 /* A malloc'd NUL-terminated copy of `n` bytes of `s`, or NULL. */
 static char *dupn(const char *s, size_t n) {
-    char *p = malloc(n + 1);
+    char *p = tp_malloc(n + 1);
 
     if (p != NULL) {
         memcpy(p, s, n);
@@ -338,7 +339,7 @@ static char *lower_dup(const char *name) {
 /* Sets hdrs[key] to "<old>, <value>" (both already valid UTF-8). */
 static int join_header(json_t *hdrs, const char *key, json_t *old, const char *value) {
     size_t olen = json_string_length(old), vlen = strlen(value);
-    char *joined = malloc(olen + 2 + vlen);
+    char *joined = tp_malloc(olen + 2 + vlen);
     int rc;
 
     if (joined == NULL)
@@ -699,7 +700,7 @@ int tp_addr_parse(const char *addr, char **host, int *port, char *err, size_t er
 /* Percent-decodes [s, end) into a malloc'd string; %00 is refused. */
 static int pct_decode(const char *s, const char *end, const char *what, char **out, char *err,
                       size_t errlen) {
-    char *p = malloc((size_t)(end - s) + 1), *d = p;
+    char *p = tp_malloc((size_t)(end - s) + 1), *d = p;
 
     if (p == NULL)
         return seterr(err, errlen, TEMPEST_ENOMEM, "Redis URL: out of memory");

@@ -304,7 +304,7 @@ static void on_request(struct evhttp_request *req, void *arg) {
         reply_text(req, 503, "tempest: too many requests waiting");
         return;
     }
-    front_req *fr = calloc(1, sizeof *fr);
+    front_req *fr = tp_calloc(1, sizeof *fr);
     if (fr == NULL) {
         reply_text(req, 503, "tempest: out of memory");
         return;
@@ -371,8 +371,8 @@ tempest_front_new(tempest_node *node, const tempest_front_options *options, temp
         tp_error_set(err, TEMPEST_EINVAL, "front: a node is required; limits must be >= 0");
         return NULL;
     }
-    tempest_front *f = calloc(1, sizeof *f);
-    if (f == NULL || (f->queue = strdup(o->queue ? o->queue : "tempest")) == NULL)
+    tempest_front *f = tp_calloc(1, sizeof *f);
+    if (f == NULL || (f->queue = tp_strdup(o->queue ? o->queue : "tempest")) == NULL)
         goto nomem;
     f->node = node;
     f->timeout_ms = o->timeout_ms ? o->timeout_ms : 30000;

@@ -47,7 +47,13 @@ void *tp_map_pop(tp_map *m);
 /** Frees the slots; the values are the caller's. */
 void tp_map_clear(tp_map *m);
 
+/* Allocation wrappers (lib/alloc.c); release with free(). */
+void *tp_malloc(size_t size);
+void *tp_calloc(size_t n, size_t size);
+void *tp_realloc(void *ptr, size_t size);
 /** Duplicates a string or returns NULL for NULL (and on no memory). */
 char *tp_strdup(const char *s);
+/** Tests only: replaces the allocator (NULL restores malloc/realloc). */
+void tp_set_allocator(void *(*malloc_fn)(size_t), void *(*realloc_fn)(void *, size_t));
 
 #endif

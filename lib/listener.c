@@ -13,6 +13,7 @@
  * until AUTH succeeds, under tighter limits (as Redis does for clients that
  * have not authenticated), and closes at the third wrong secret.
  */
+#include "internal.h"
 #include "listener.h"
 
 #include <arpa/inet.h>
@@ -222,7 +223,7 @@ static int session_fail(tp_session *s, struct evbuffer *out, const char *fmt, ..
 static int grow(void **p, size_t n, size_t size) {
     if (n > SIZE_MAX / size)
         return -1;
-    void *q = realloc(*p, n * size);
+    void *q = tp_realloc(*p, n * size);
     if (q == NULL)
         return -1;
     *p = q;
@@ -374,7 +375,7 @@ static int client_setname(tp_session *s, int argc, const char **argv, const size
     char *name = NULL;
     if (argc != 3)
         return arity_error(out, "client|setname");
-    if (lens[2] > 0 && (name = malloc(lens[2] + 1)) == NULL) {
+    if (lens[2] > 0 && (name = tp_malloc(lens[2] + 1)) == NULL) {
         tp_resp_error(out, "ERR out of memory");
         return 0;
     }
@@ -864,7 +865,7 @@ int tp_session_feed(tp_session *s, const char *buf, size_t len, struct evbuffer 
 }
 
 tp_session *tp_session_new(const tp_listener_limits *limits, tp_command_fn *fn, void *arg) {
-    tp_session *s = calloc(1, sizeof *s);
+    tp_session *s = tp_calloc(1, sizeof *s);
     if (s == NULL)
         return NULL;
     limits_fill(&s->lim, limits);
@@ -882,7 +883,7 @@ tp_session *tp_session_new(const tp_listener_limits *limits, tp_command_fn *fn, 
     s->id = 1;
     if (s->lim.secret != NULL && s->lim.secret[0] != '\0') {
         s->secret_len = strlen(s->lim.secret);
-        if ((s->secret = strdup(s->lim.secret)) == NULL)
+        if ((s->secret = tp_strdup(s->lim.secret)) == NULL)
             goto fail;
     }
     s->lim.secret = NULL; /* borrowed: only the copy is kept */
@@ -1056,7 +1057,7 @@ static void set_nodelay(evutil_socket_t fd) {
 
 /* Takes over `fd` (closes it on failure). */
 static void conn_new(tp_listener *l, evutil_socket_t fd) {
-    struct conn *c = calloc(1, sizeof *c);
+    struct conn *c = tp_calloc(1, sizeof *c);
     if (c == NULL || (c->s = tp_session_new(&l->lim, l->fn, l->arg)) == NULL)
         goto fail;
     c->bev = bufferevent_socket_new(l->base, fd, BEV_OPT_CLOSE_ON_FREE);
@@ -1169,7 +1170,7 @@ tp_listener *tp_listener_new(struct event_base *base, const char *host, int port
         snprintf(err, errlen, "invalid listener address (port %d)", port);
         return NULL;
     }
-    tp_listener *l = calloc(1, sizeof *l);
+    tp_listener *l = tp_calloc(1, sizeof *l);
     if (l == NULL) {
         snprintf(err, errlen, "out of memory");
         return NULL;
@@ -1179,7 +1180,7 @@ tp_listener *tp_listener_new(struct event_base *base, const char *host, int port
     l->arg = arg;
     limits_fill(&l->lim, limits);
     bool secret = l->lim.secret != NULL && l->lim.secret[0] != '\0';
-    l->secret = secret ? strdup(l->lim.secret) : NULL;
+    l->secret = secret ? tp_strdup(l->lim.secret) : NULL;
     l->lim.secret = l->secret;
     l->retry = evtimer_new(base, on_retry, l);
     if (l->retry == NULL || (secret && l->secret == NULL)) {

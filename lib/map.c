@@ -34,7 +34,7 @@ static int grow(tp_map *m) {
     size_t cap = m->cap ? m->cap * 2 : 16;
     struct tp_map_slot *old = m->slots;
     size_t oldcap = m->cap;
-    struct tp_map_slot *slots = calloc(cap, sizeof *slots);
+    struct tp_map_slot *slots = tp_calloc(cap, sizeof *slots);
     if (slots == NULL)
         return TEMPEST_ENOMEM;
     m->slots = slots;
@@ -115,8 +115,4 @@ void *tp_map_pop(tp_map *m) {
 void tp_map_clear(tp_map *m) {
     free(m->slots);
     memset(m, 0, sizeof *m);
-}
-
-char *tp_strdup(const char *s) {
-    return s ? strdup(s) : NULL;
 }

@@ -29,7 +29,7 @@ void tp_node_errorf(tempest_node *node, const char *fmt, ...) {
 /* ---- deliveries ------------------------------------------------------ */
 
 int tp_node_deliver(tempest_node *node, tp_pending *job, int status, json_t *json) {
-    tp_delivery *d = malloc(sizeof *d);
+    tp_delivery *d = status <= 0 ? &job->final : tp_malloc(sizeof *d);
     if (d == NULL) {
         json_decref(json);
         return TEMPEST_ENOMEM;
@@ -78,7 +78,8 @@ static bool deliver_one(tempest_node *node, tp_delivery *d) {
         terminal = true; /* cancelled: the last item frees it */
     }
     json_decref(d->json);
-    free(d);
+    if (d != &job->final)
+        free(d);
     if (terminal)
         free(job);
     return freed;
@@ -182,7 +183,7 @@ static char *format_address(const char *host, int port) {
     char buf[300];
     bool v6 = strchr(host, ':') != NULL;
     snprintf(buf, sizeof buf, v6 ? "[%s]:%d" : "%s:%d", host, port);
-    return strdup(buf);
+    return tp_strdup(buf);
 }
 
 int tp_node_ensure_listener(tempest_node *node) {
@@ -197,8 +198,8 @@ int tp_node_ensure_listener(tempest_node *node) {
         return TEMPEST_EADDR;
     }
     int port = tp_listener_port(node->listener);
-    node->address =
-        node->advertise_opt ? strdup(node->advertise_opt) : format_address(node->listen_host, port);
+    node->address = node->advertise_opt ? tp_strdup(node->advertise_opt)
+                                        : format_address(node->listen_host, port);
     if (node->address == NULL) {
         tp_listener_free(node->listener);
         node->listener = NULL;
@@ -298,7 +299,7 @@ static int copy_secret(tempest_node *node, const char *secret) {
         secret = getenv("TEMPEST_SECRET");
     if (secret == NULL || *secret == '\0')
         return 0;
-    node->secret = strdup(secret);
+    node->secret = tp_strdup(secret);
     node->limits.secret = node->secret;
     return node->secret ? 0 : TEMPEST_ENOMEM;
 }
@@ -322,7 +323,7 @@ TEMPEST_API tempest_node *
 tempest_node_new(struct event_base *base, const tempest_node_options *options, tempest_error *err) {
     static const tempest_node_options defaults;
     const tempest_node_options *o = options ? options : &defaults;
-    tempest_node *node = calloc(1, sizeof *node);
+    tempest_node *node = tp_calloc(1, sizeof *node);
     if (node == NULL) {
         tp_error_set(err, TEMPEST_ENOMEM, "out of memory");
         return NULL;
@@ -330,7 +331,7 @@ tempest_node_new(struct event_base *base, const tempest_node_options *options, t
     copy_options(node, o);
     if (parse_url(node, o->redis_url, err) != 0 || parse_listen(node, o->listen, err) != 0)
         goto fail;
-    if (o->advertise && (node->advertise_opt = strdup(o->advertise)) == NULL)
+    if (o->advertise && (node->advertise_opt = tp_strdup(o->advertise)) == NULL)
         goto nomem;
     if (copy_secret(node, o->secret) != 0)
         goto nomem;

@@ -34,8 +34,9 @@ typedef struct tp_pending {
     tempest_answer_fn *fn;
     void *arg;
     struct event *timer;
-    bool done;  /* terminal event queued: further answers are refused */
-    int queued; /* deliveries queued that point here */
+    bool done;         /* terminal event queued: further answers are refused */
+    int queued;        /* deliveries queued that point here */
+    tp_delivery final; /* the terminal event needs no allocation: it always arrives */
 } tp_pending;
 
 struct tempest_node {
@@ -74,7 +75,8 @@ struct tempest_node {
 /** Opens the listener if it is not open; 0 or TEMPEST_EADDR. */
 int tp_node_ensure_listener(tempest_node *node);
 
-/** Queues a delivery for `job` and wakes the delivery event. Steals `json`. */
+/** Queues a delivery for `job` and wakes the delivery event. Steals `json`.
+ *  A terminal status (<= 0) never fails: it uses the job's own slot. */
 int tp_node_deliver(tempest_node *node, tp_pending *job, int status, json_t *json);
 
 /** Removes `job` from the table and marks it done (no more answers taken). */

@@ -50,7 +50,7 @@ static int arm_deadline(tempest_node *node, tp_pending *job, int timeout_ms) {
 
 static tp_pending *pending_new(tempest_node *node, long long id, tempest_answer_fn *fn, void *arg,
                                int timeout_ms) {
-    tp_pending *job = calloc(1, sizeof *job);
+    tp_pending *job = tp_calloc(1, sizeof *job);
     if (job == NULL)
         return NULL;
     *job = (tp_pending){.node = node, .id = id, .fn = fn, .arg = arg};

@@ -32,8 +32,8 @@ struct tp_redis {
     void *arg;
     struct event *timer; /* connect timeout, then reconnect delay */
     int state;
-    int attempt;        /* failures since the last UP */
-    int handshake_left; /* replies of AUTH/SELECT still awaited */
+    int attempt;                    /* failures since the last UP */
+    int handshake_left;             /* replies of AUTH/SELECT still awaited */
     char shas[TP_SCRIPT_COUNT][41]; /* SHA1 of each loaded script */
     char errstr[256];
 };
@@ -216,7 +216,7 @@ static int copy_url(tp_redis_url *dst, const tp_redis_url *src) {
 tp_redis *tp_redis_new(struct event_base *base, const tp_redis_url *url,
                        const tp_redis_timing *timing, const tp_logger *log, tp_redis_state_fn *fn,
                        void *arg) {
-    tp_redis *r = calloc(1, sizeof *r);
+    tp_redis *r = tp_calloc(1, sizeof *r);
     if (r == NULL)
         return NULL;
     r->base = base;

@@ -29,22 +29,23 @@ static const char heartbeat[] = "-- tempest:heartbeat\n" HEARTBEAT_BODY;
 /* KEYS: n triples (queue, processing, alive, workers) = 4 per queue.
  * ARGV: ttl ms, info, worker id, max jobs.
  * Returns a flat array of (queue index, job) pairs. */
-static const char take[] = "-- tempest:take\n"
-                           "for i = 1, #KEYS, 4 do\n"
-                           "  redis.call('SET', KEYS[i + 2], ARGV[2], 'PX', ARGV[1])\n"
-                           "  redis.call('SADD', KEYS[i + 3], ARGV[3])\n"
-                           "end\n"
-                           "local out, n = {}, tonumber(ARGV[4])\n"
-                           "for i = 1, #KEYS, 4 do\n"
-                           "  while n > 0 do\n"
-                           "    local job = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'LEFT')\n"
-                           "    if not job then break end\n"
-                           "    out[#out + 1] = (i - 1) / 4\n"
-                           "    out[#out + 1] = job\n"
-                           "    n = n - 1\n"
-                           "  end\n"
-                           "end\n"
-                           "return out\n";
+static const char take[] =
+    "-- tempest:take\n"
+    "for i = 1, #KEYS, 4 do\n"
+    "  redis.call('SET', KEYS[i + 2], ARGV[2], 'PX', ARGV[1])\n"
+    "  redis.call('SADD', KEYS[i + 3], ARGV[3])\n"
+    "end\n"
+    "local out, n = {}, tonumber(ARGV[4])\n"
+    "for i = 1, #KEYS, 4 do\n"
+    "  while n > 0 do\n"
+    "    local job = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'LEFT')\n"
+    "    if not job then break end\n"
+    "    out[#out + 1] = (i - 1) / 4\n"
+    "    out[#out + 1] = job\n"
+    "    n = n - 1\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
 
 /* KEYS: processing, attempts. ARGV: job. */
 static const char ack[] = "-- tempest:ack\n"
@@ -57,7 +58,7 @@ static const char ack[] = "-- tempest:ack\n"
     "local function bury(dead, job, reason, queue)\n"                                              \
     "  local t = redis.call('TIME')\n"                                                             \
     "  local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"                     \
-    "  redis.call('RPUSH', dead, cjson.encode({job = job, reason = reason, queue = queue,"        \
+    "  redis.call('RPUSH', dead, cjson.encode({job = job, reason = reason, queue = queue,"         \
     " at = at}))\n"                                                                                \
     "end\n"
 
@@ -77,11 +78,11 @@ static const char retry[] =
     "return 1\n";
 
 /* KEYS: processing, attempts, dead. ARGV: job, reason, queue name. */
-static const char bury[] = "-- tempest:bury\n" DEAD_LETTER_FN
-                           "redis.call('LREM', KEYS[1], -1, ARGV[1])\n"
-                           "redis.call('HDEL', KEYS[2], redis.sha1hex(ARGV[1]))\n"
-                           "bury(KEYS[3], ARGV[1], ARGV[2], ARGV[3])\n"
-                           "return 1\n";
+static const char bury[] =
+    "-- tempest:bury\n" DEAD_LETTER_FN "redis.call('LREM', KEYS[1], -1, ARGV[1])\n"
+    "redis.call('HDEL', KEYS[2], redis.sha1hex(ARGV[1]))\n"
+    "bury(KEYS[3], ARGV[1], ARGV[2], ARGV[3])\n"
+    "return 1\n";
 
 /* KEYS: processing, queue. ARGV: job. */
 static const char requeue[] = "-- tempest:requeue\n"
@@ -92,8 +93,7 @@ static const char requeue[] = "-- tempest:requeue\n"
 /* KEYS: queue, workers, attempts, dead. ARGV: key prefix "{q}:", max attempts, queue name.
  * Returns {requeued, dead-lettered}. */
 static const char reap[] =
-    "-- tempest:reap\n" DEAD_LETTER_FN
-    "local moved, buried = 0, 0\n"
+    "-- tempest:reap\n" DEAD_LETTER_FN "local moved, buried = 0, 0\n"
     "for _, w in ipairs(redis.call('SMEMBERS', KEYS[2])) do\n"
     "  if redis.call('EXISTS', ARGV[1] .. 'alive:' .. w) == 0 then\n"
     "    local plist = ARGV[1] .. 'processing:' .. w\n"
@@ -129,7 +129,7 @@ static const char leave[] = "-- tempest:leave\n"
                             "return 1\n";
 
 const char *const tp_scripts[TP_SCRIPT_COUNT] = {
-    [TP_SCRIPT_HEARTBEAT] = heartbeat, [TP_SCRIPT_TAKE] = take,       [TP_SCRIPT_ACK] = ack,
-    [TP_SCRIPT_RETRY] = retry,         [TP_SCRIPT_BURY] = bury,       [TP_SCRIPT_REQUEUE] = requeue,
+    [TP_SCRIPT_HEARTBEAT] = heartbeat, [TP_SCRIPT_TAKE] = take,   [TP_SCRIPT_ACK] = ack,
+    [TP_SCRIPT_RETRY] = retry,         [TP_SCRIPT_BURY] = bury,   [TP_SCRIPT_REQUEUE] = requeue,
     [TP_SCRIPT_REAP] = reap,           [TP_SCRIPT_LEAVE] = leave,
 };

@@ -127,8 +127,8 @@ static int job_script(tempest_job *job, int script, const char *name, int nkeys,
     int rc = tp_redis_script(job->w->node->redis, on_script_reply, (void *)name, script, nkeys,
                              argc, argv, lens);
     if (rc != 0)
-        tp_log(&job->w->node->log, TEMPEST_LOG_ERROR, "job %lld: %s not sent: %s",
-               job->parts.id, name, tempest_strerror(rc));
+        tp_log(&job->w->node->log, TEMPEST_LOG_ERROR, "job %lld: %s not sent: %s", job->parts.id,
+               name, tempest_strerror(rc));
     return rc;
 }
 
@@ -304,11 +304,11 @@ static void peer_auth(peer *p) {
 static peer *peer_open(tempest_worker *w, const char *addr) {
     char *host = NULL, err[200] = "out of memory";
     int port;
-    peer *p = calloc(1, sizeof *p);
+    peer *p = tp_calloc(1, sizeof *p);
     if (p == NULL || tp_addr_parse(addr, &host, &port, err, sizeof err) != 0)
         goto fail;
     p->ac = tp_redis_connect_raw(tempest_node_base(w->node), host, port, err, sizeof err);
-    if (p->ac == NULL || (p->addr = strdup(addr)) == NULL)
+    if (p->ac == NULL || (p->addr = tp_strdup(addr)) == NULL)
         goto fail;
     p->w = w;
     p->ac->data = p;
@@ -453,9 +453,9 @@ static void bury_raw(tempest_worker *w, int qi, const char *raw, size_t len, con
     wqueue *q = &w->queues[qi];
     const char *argv[] = {q->processing, q->attempts, q->dead, raw, reason, q->name};
     size_t lens[] = {strlen(q->processing), strlen(q->attempts), strlen(q->dead), len,
-                     strlen(reason), strlen(q->name)};
-    int rc = tp_redis_script(w->node->redis, on_script_reply, "bury", TP_SCRIPT_BURY, 3, 6, argv,
-                             lens);
+                     strlen(reason),        strlen(q->name)};
+    int rc =
+        tp_redis_script(w->node->redis, on_script_reply, "bury", TP_SCRIPT_BURY, 3, 6, argv, lens);
     tp_log(&w->node->log, rc ? TEMPEST_LOG_ERROR : TEMPEST_LOG_WARN,
            "malformed job %sdead-lettered to %s: %s", rc ? "NOT " : "", q->dead, reason);
 }
@@ -473,8 +473,8 @@ static handler *find_handler(tempest_worker *w, const char *action) {
 
 static tempest_job *job_new(tempest_worker *w, int qi, tp_job_parts *parts, const char *raw,
                             size_t len) {
-    tempest_job *job = calloc(1, sizeof *job);
-    if (job == NULL || (job->raw = malloc(len + 1)) == NULL) {
+    tempest_job *job = tp_calloc(1, sizeof *job);
+    if (job == NULL || (job->raw = tp_malloc(len + 1)) == NULL) {
         free(job);
         return NULL;
     }
@@ -719,15 +719,15 @@ static void on_redis_state(tp_redis *r, int state, const char *reason, void *arg
 /* ---- life cycle ------------------------------------------------------ */
 
 static char *key(const char *prefix, const char *what, const char *wid) {
-    char *k = malloc(strlen(prefix) + strlen(what) + (wid ? strlen(wid) : 0) + 1);
+    char *k = tp_malloc(strlen(prefix) + strlen(what) + (wid ? strlen(wid) : 0) + 1);
     if (k)
         sprintf(k, "%s%s%s", prefix, what, wid ? wid : "");
     return k;
 }
 
 static int queue_init(wqueue *q, const char *name, const char *dead, const char *wid) {
-    q->name = strdup(name);
-    q->prefix = malloc(strlen(name) + 4);
+    q->name = tp_strdup(name);
+    q->prefix = tp_malloc(strlen(name) + 4);
     if (q->name == NULL || q->prefix == NULL)
         return TEMPEST_ENOMEM;
     sprintf(q->prefix, "{%s}:", name);
@@ -735,7 +735,7 @@ static int queue_init(wqueue *q, const char *name, const char *dead, const char 
     q->alive = key(q->prefix, "alive:", wid);
     q->workers = key(q->prefix, "workers", NULL);
     q->attempts = key(q->prefix, "attempts", NULL);
-    q->dead = dead ? strdup(dead) : key(q->prefix, "dead", NULL);
+    q->dead = dead ? tp_strdup(dead) : key(q->prefix, "dead", NULL);
     bool ok = q->processing && q->alive && q->workers && q->attempts && q->dead;
     return ok ? 0 : TEMPEST_ENOMEM;
 }
@@ -753,7 +753,8 @@ static void queue_clear(wqueue *q) {
 static void make_wid(char wid[20]) {
     unsigned char b[8];
     if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
-        unsigned long long x = (unsigned long long)time(NULL) ^ ((unsigned long long)getpid() << 32);
+        unsigned long long x =
+            (unsigned long long)time(NULL) ^ ((unsigned long long)getpid() << 32);
         memcpy(b, &x, sizeof b);
     }
     for (int i = 0; i < 8; i++)
@@ -778,7 +779,7 @@ static int copy_options(tempest_worker *w, const tempest_worker_options *o) {
     w->handle_signals = o->handle_signals;
     make_wid(w->wid);
     w->nqueues = count_queues(o);
-    w->queues = calloc((size_t)w->nqueues, sizeof *w->queues);
+    w->queues = tp_calloc((size_t)w->nqueues, sizeof *w->queues);
     if (w->queues == NULL)
         return TEMPEST_ENOMEM;
     for (int i = 0; i < w->nqueues; i++) {
@@ -819,9 +820,8 @@ static int make_timers(tempest_worker *w) {
     return w->retry && w->flush && w->grace && w->heartbeat && w->reap ? 0 : TEMPEST_ENOMEM;
 }
 
-TEMPEST_API tempest_worker *tempest_worker_new(tempest_node *node,
-                                               const tempest_worker_options *options,
-                                               tempest_error *err) {
+TEMPEST_API tempest_worker *
+tempest_worker_new(tempest_node *node, const tempest_worker_options *options, tempest_error *err) {
     static const tempest_worker_options defaults;
     const tempest_worker_options *o = options ? options : &defaults;
     const char *bad = node ? check_options(o) : "a node is required";
@@ -829,7 +829,7 @@ TEMPEST_API tempest_worker *tempest_worker_new(tempest_node *node,
         tp_error_set(err, TEMPEST_EINVAL, "worker: %s", bad);
         return NULL;
     }
-    tempest_worker *w = calloc(1, sizeof *w);
+    tempest_worker *w = tp_calloc(1, sizeof *w);
     if (w == NULL)
         goto nomem;
     w->node = node;
@@ -856,11 +856,11 @@ TEMPEST_API int tempest_worker_on(tempest_worker *w, const char *action, tempest
             return 0;
         }
     }
-    handler *hs = realloc(w->handlers, (w->nhandlers + 1) * sizeof *hs);
+    handler *hs = tp_realloc(w->handlers, (w->nhandlers + 1) * sizeof *hs);
     if (hs == NULL)
         return TEMPEST_ENOMEM;
     w->handlers = hs;
-    char *copy = strdup(action);
+    char *copy = tp_strdup(action);
     if (copy == NULL)
         return TEMPEST_ENOMEM;
     hs[w->nhandlers++] = (handler){.action = copy, .fn = fn, .arg = arg};
@@ -978,7 +978,7 @@ static void abandon_all(tempest_worker *w) {
 }
 
 static void free_events(tempest_worker *w) {
-    struct event *evs[] = {w->retry, w->flush, w->grace, w->heartbeat,
+    struct event *evs[] = {w->retry, w->flush,      w->grace,     w->heartbeat,
                            w->reap,  w->signals[0], w->signals[1]};
     for (size_t i = 0; i < sizeof evs / sizeof *evs; i++)
         if (evs[i])

@@ -65,8 +65,11 @@ static int each_teardown(void **state) {
 }
 
 static tempest_worker *worker(const char *queue, int concurrency) {
-    tempest_worker_options wo = {.queue = queue, .concurrency = concurrency,
-                                 .block_timeout_ms = 200, .heartbeat_ms = 100, .ttl_ms = 500};
+    tempest_worker_options wo = {.queue = queue,
+                                 .concurrency = concurrency,
+                                 .block_timeout_ms = 200,
+                                 .heartbeat_ms = 100,
+                                 .ttl_ms = 500};
     tempest_worker *w = tempest_worker_new(fx.node, &wo, NULL);
     assert_non_null(w);
     return w;
@@ -144,8 +147,11 @@ static pid_t crashing_child(const char *queue) {
     tempest_node_options o = {.redis_url = fx.redis.url};
     tempest_node *node = tempest_node_new(base, &o, NULL);
     held h = {0};
-    tempest_worker_options wo = {.queue = queue, .concurrency = 2, .block_timeout_ms = 200,
-                                 .heartbeat_ms = 100, .ttl_ms = 500};
+    tempest_worker_options wo = {.queue = queue,
+                                 .concurrency = 2,
+                                 .block_timeout_ms = 200,
+                                 .heartbeat_ms = 100,
+                                 .ttl_ms = 500};
     tempest_worker *w = tempest_worker_new(node, &wo, NULL);
     tempest_worker_on(w, "x", hold, &h);
     tempest_worker_start(w);
@@ -301,8 +307,8 @@ static void test_priorities(void **state) {
 
 static void test_graceful_stop_requeues(void **state) {
     (void)state;
-    tempest_worker_options wo = {.queue = "rq5", .concurrency = 2, .block_timeout_ms = 200,
-                                 .stop_grace_ms = 200};
+    tempest_worker_options wo = {
+        .queue = "rq5", .concurrency = 2, .block_timeout_ms = 200, .stop_grace_ms = 200};
     tempest_worker *w = tempest_worker_new(fx.node, &wo, NULL);
     held h = {0};
     tempest_worker_on(w, "x", hold, &h);

@@ -62,8 +62,8 @@ typedef struct tempest_worker_options {
      *  block_timeout_ms while the worker is idle. Borrowed during
      *  tempest_worker_new() only (names are copied). */
     const char *const *queues;
-    int max_attempts;  /**< deliveries before a job is dead-lettered; 0: 5 */
-    int heartbeat_ms;  /**< presence refresh period; 0: 1000 */
+    int max_attempts; /**< deliveries before a job is dead-lettered; 0: 5 */
+    int heartbeat_ms; /**< presence refresh period; 0: 1000 */
     /** presence time-to-live; at least twice block_timeout_ms and
      *  heartbeat_ms; 0: 5000 */
     int ttl_ms;
