@@ -373,6 +373,8 @@ static void destroy(tempest_node *node) {
     tp_redis_free(node->redis);
     tp_map_clear(&node->pending);
     tp_map_clear(&node->workers);
+    tp_map_clear(&node->publications);
+    tp_pubsub_free(node->pubsub);
     if (node->deliver_ev)
         event_free(node->deliver_ev);
     if (node->own_base && node->base)

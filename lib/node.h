@@ -67,6 +67,10 @@ struct tempest_node {
      * connection find a worker, or learn that it was freed */
     tp_map workers;
     long long next_worker;
+    /* publications waiting for their reply, by id (lib/pubsub.c) */
+    tp_map publications;
+    long long next_publication;
+    struct tp_pubsub *pubsub; /* the subscribe connection, once needed */
     int depth;
     bool freeing;
     char errstr[256];
@@ -81,6 +85,10 @@ int tp_node_deliver(tempest_node *node, tp_pending *job, int status, json_t *jso
 
 /** Removes `job` from the table and marks it done (no more answers taken). */
 void tp_node_finish(tempest_node *node, tp_pending *job);
+
+/** Frees the node's subscribe connection and channel table (node.c's
+ *  destroy calls it; subscribers must be freed first). */
+void tp_pubsub_free(struct tp_pubsub *ps);
 
 /** Sets the node's last error text. */
 void tp_node_errorf(tempest_node *node, const char *fmt, ...) TP_PRINTF(2, 3);

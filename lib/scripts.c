@@ -128,8 +128,16 @@ static const char leave[] = "-- tempest:leave\n"
                             "end\n"
                             "return 1\n";
 
+/* KEYS: history stream. ARGV: channel, payload, max length.
+ * The XADD comes first, so a subscriber woken by the PUBLISH finds the
+ * message in the stream. Returns {receivers, id}. */
+static const char publish[] = "-- tempest:publish\n"
+                              "local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',"
+                              " 'm', ARGV[2])\n"
+                              "return {redis.call('PUBLISH', ARGV[1], ARGV[2]), id}\n";
+
 const char *const tp_scripts[TP_SCRIPT_COUNT] = {
     [TP_SCRIPT_HEARTBEAT] = heartbeat, [TP_SCRIPT_TAKE] = take,   [TP_SCRIPT_ACK] = ack,
     [TP_SCRIPT_RETRY] = retry,         [TP_SCRIPT_BURY] = bury,   [TP_SCRIPT_REQUEUE] = requeue,
-    [TP_SCRIPT_REAP] = reap,           [TP_SCRIPT_LEAVE] = leave,
+    [TP_SCRIPT_REAP] = reap,           [TP_SCRIPT_LEAVE] = leave, [TP_SCRIPT_PUBLISH] = publish,
 };

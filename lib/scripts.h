@@ -18,6 +18,7 @@ enum tp_script {
     TP_SCRIPT_REQUEUE,   /* a job back at its queue's head, attempts unchanged */
     TP_SCRIPT_REAP,      /* requeue the jobs of dead workers */
     TP_SCRIPT_LEAVE,     /* remove a stopping worker's presence */
+    TP_SCRIPT_PUBLISH,   /* XADD to a channel's history stream, then PUBLISH */
     TP_SCRIPT_COUNT
 };
 

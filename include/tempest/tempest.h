@@ -92,5 +92,6 @@ typedef void tempest_log_fn(int level, const char *message, void *arg);
 #include <tempest/queue.h>
 #include <tempest/worker.h>
 #include <tempest/front.h>
+#include <tempest/pubsub.h>
 
 #endif
