@@ -292,8 +292,8 @@ redisAsyncContext *tp_redis_connect_raw(struct event_base *base, const char *hos
 
 int tp_redis_script(tp_redis *r, redisCallbackFn *fn, void *privdata, int script, int nkeys,
                     int argc, const char **argv, const size_t *argvlen) {
-    enum { MAX_ARGS = 64 };
-    if (script < 0 || script >= TP_SCRIPT_COUNT || argc < 0 || argc > MAX_ARGS - 3)
+    enum { MAX_ARGS = TP_SCRIPT_MAX_ARGS + 3 };
+    if (script < 0 || script >= TP_SCRIPT_COUNT || argc < 0 || argc > TP_SCRIPT_MAX_ARGS)
         return TEMPEST_EINVAL;
     char nk[16];
     const char *v[MAX_ARGS] = {"EVALSHA", r->shas[script], nk};

@@ -74,6 +74,9 @@ int tp_redis_cmd(tp_redis *r, redisCallbackFn *fn, void *privdata, const char *f
 int tp_redis_script(tp_redis *r, redisCallbackFn *fn, void *privdata, int script, int nkeys,
                     int argc, const char **argv, const size_t *argvlen);
 
+/** Most arguments (keys included) tp_redis_script takes. */
+#define TP_SCRIPT_MAX_ARGS 61
+
 /**
  * Opens a plain async connection to `host:port` on `base` (no AUTH, no
  * reconnect), for answering node listeners. Returns NULL with `err` set.

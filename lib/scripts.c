@@ -47,11 +47,16 @@ static const char take[] =
     "end\n"
     "return out\n";
 
-/* KEYS: processing, attempts. ARGV: job. */
-static const char ack[] = "-- tempest:ack\n"
-                          "local n = redis.call('LREM', KEYS[1], -1, ARGV[1])\n"
-                          "redis.call('HDEL', KEYS[2], redis.sha1hex(ARGV[1]))\n"
-                          "return n\n";
+/* KEYS: processing, attempts. ARGV: the finished jobs (a batch).
+ * Attempt counts exist only for requeued jobs: skip the hashing otherwise. */
+static const char ack[] =
+    "-- tempest:ack\n"
+    "local counted = redis.call('EXISTS', KEYS[2]) == 1\n"
+    "for i = 1, #ARGV do\n"
+    "  redis.call('LREM', KEYS[1], -1, ARGV[i])\n"
+    "  if counted then redis.call('HDEL', KEYS[2], redis.sha1hex(ARGV[i])) end\n"
+    "end\n"
+    "return #ARGV\n";
 
 /* Appends a dead letter; used by retry, bury and reap. */
 #define DEAD_LETTER_FN                                                                             \

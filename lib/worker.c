@@ -45,6 +45,9 @@ typedef struct wqueue {
     char *workers;    /* {name}:workers */
     char *attempts;   /* {name}:attempts */
     char *dead;       /* {name}:dead, or the dead_letter option */
+    char **acks;      /* finished jobs waiting for the next ack batch */
+    size_t *ack_lens;
+    int nacks, ack_cap;
 } wqueue;
 
 struct tempest_job {
@@ -80,6 +83,7 @@ struct tempest_worker {
     struct event *heartbeat; /* presence refresh while no take is in flight */
     struct event *reap;      /* requeue the jobs of dead workers */
     struct event *grace;     /* requeue the jobs still in hand at stop */
+    struct event *ack_ev;    /* flushes the ack batches after this loop turn */
     struct event *signals[2];
     bool started, stopping, taking, last_empty, leaving, finished, flush_expired;
     int depth;
@@ -132,10 +136,71 @@ static int job_script(tempest_job *job, int script, const char *name, int nkeys,
     return rc;
 }
 
+/* Finished jobs are acknowledged in batches: one script call per queue per
+ * loop turn (at most ACK_BATCH jobs a call). A job stays in the processing
+ * list until its batch runs, so the guarantee is unchanged. */
+enum { ACK_BATCH = 50 };
+_Static_assert(ACK_BATCH + 2 <= TP_SCRIPT_MAX_ARGS, "an ack batch must fit one script call");
+
+static void flush_acks_of(tempest_worker *w, wqueue *q) {
+    while (q->nacks > 0) {
+        int n = q->nacks < ACK_BATCH ? q->nacks : ACK_BATCH;
+        const char *argv[2 + ACK_BATCH];
+        size_t lens[2 + ACK_BATCH];
+        argv[0] = q->processing;
+        argv[1] = q->attempts;
+        lens[0] = strlen(q->processing);
+        lens[1] = strlen(q->attempts);
+        for (int i = 0; i < n; i++) {
+            argv[2 + i] = q->acks[q->nacks - n + i];
+            lens[2 + i] = q->ack_lens[q->nacks - n + i];
+        }
+        int rc = tp_redis_script(w->node->redis, on_script_reply, "ack", TP_SCRIPT_ACK, 2, 2 + n,
+                                 argv, lens);
+        if (rc != 0)
+            tp_log(&w->node->log, TEMPEST_LOG_ERROR,
+                   "%d acks not sent (%s): the jobs stay in processing until reaped", n,
+                   tempest_strerror(rc));
+        for (int i = 0; i < n; i++)
+            free(q->acks[q->nacks - n + i]);
+        q->nacks -= n;
+    }
+}
+
+static void flush_acks(tempest_worker *w) {
+    for (int i = 0; i < w->nqueues; i++)
+        flush_acks_of(w, &w->queues[i]);
+}
+
+static void on_flush_acks(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    flush_acks(arg);
+}
+
+/* Takes the job's raw text into its queue's batch of acknowledgements. */
 static void ack(tempest_job *job) {
-    wqueue *q = &job->w->queues[job->queue];
-    const char *argv[] = {q->processing, q->attempts, job->raw};
-    job_script(job, TP_SCRIPT_ACK, "ack", 2, 3, argv);
+    tempest_worker *w = job->w;
+    wqueue *q = &w->queues[job->queue];
+    if (q->nacks == q->ack_cap) {
+        int cap = q->ack_cap ? q->ack_cap * 2 : 64;
+        char **acks = tp_realloc(q->acks, (size_t)cap * sizeof *acks);
+        size_t *lens = acks ? tp_realloc(q->ack_lens, (size_t)cap * sizeof *lens) : NULL;
+        if (acks)
+            q->acks = acks;
+        if (lens == NULL) {
+            flush_acks_of(w, q); /* no room to batch: send what we have, then this one */
+            const char *argv[] = {q->processing, q->attempts, job->raw};
+            job_script(job, TP_SCRIPT_ACK, "ack", 2, 3, argv);
+            return;
+        }
+        q->ack_lens = lens;
+        q->ack_cap = cap;
+    }
+    q->acks[q->nacks] = job->raw;
+    q->ack_lens[q->nacks++] = job->raw_len;
+    job->raw = NULL; /* the batch owns it now */
+    event_active(w->ack_ev, EV_TIMEOUT, 0);
 }
 
 static void requeue(tempest_job *job) {
@@ -187,6 +252,7 @@ static void check_finished(tempest_worker *w) {
         return;
     }
     evtimer_del(w->flush);
+    flush_acks(w); /* the LEAVE must follow them on the same connection */
     w->leaving = true;
     if (send_leave(w, on_left) != 0)
         finished(w); /* Redis is down: presence expires by itself */
@@ -530,17 +596,23 @@ static bool handle_raw(tempest_worker *w, int qi, const char *raw, size_t len) {
 
 /* Common handling of a take's reply; returns the worker, or NULL when the
  * reply must be ignored (worker gone, connection lost, or an error). */
+/* Common handling of a take's reply; returns the worker, or NULL when the
+ * reply must be ignored (worker gone, connection lost, or an error). The
+ * worker stays `taking` while the jobs are dispatched, so that jobs
+ * finished at once do not each start a take for one job: the next take is
+ * made after the whole batch, with all the room there is. */
 static tempest_worker *take_reply(redisAsyncContext *ac, redisReply *rep, const char *what) {
     tp_redis *r = tp_redis_from(ac);
     if (r == NULL)
         return NULL;
     tempest_worker *w = tp_redis_owner(r);
-    w->taking = false;
     if (rep == NULL) {
+        w->taking = false;
         check_finished(w);
         return NULL; /* taking resumes when the connection is back up */
     }
     if (rep->type == REDIS_REPLY_ERROR) {
+        w->taking = false;
         tp_log(&w->node->log, TEMPEST_LOG_ERROR, "%s on %s: %s", what, w->queues[0].name, rep->str);
         struct timeval tv = {1, 0};
         evtimer_add(w->retry, &tv);
@@ -548,6 +620,13 @@ static tempest_worker *take_reply(redisAsyncContext *ac, redisReply *rep, const 
         return NULL;
     }
     return w;
+}
+
+/* After a take's jobs were dispatched: take again if there is room. */
+static void take_done(tempest_worker *w) {
+    w->taking = false;
+    check_finished(w);
+    maybe_take(w);
 }
 
 static void on_moved(redisAsyncContext *ac, void *reply, void *privdata) {
@@ -561,8 +640,7 @@ static void on_moved(redisAsyncContext *ac, void *reply, void *privdata) {
         if (handle_raw(w, 0, rep->str, rep->len))
             return;
     }
-    check_finished(w);
-    maybe_take(w);
+    take_done(w);
 }
 
 static void on_batch(redisAsyncContext *ac, void *reply, void *privdata) {
@@ -581,8 +659,7 @@ static void on_batch(redisAsyncContext *ac, void *reply, void *privdata) {
         if (handle_raw(w, (int)qi->integer, job->str, job->len))
             return;
     }
-    check_finished(w);
-    maybe_take(w);
+    take_done(w);
 }
 
 /* Presence value: who this worker is, for monitors and people. */
@@ -741,6 +818,10 @@ static int queue_init(wqueue *q, const char *name, const char *dead, const char 
 }
 
 static void queue_clear(wqueue *q) {
+    for (int i = 0; i < q->nacks; i++)
+        free(q->acks[i]);
+    free(q->acks);
+    free(q->ack_lens);
     free(q->name);
     free(q->prefix);
     free(q->processing);
@@ -817,7 +898,10 @@ static int make_timers(tempest_worker *w) {
     w->grace = evtimer_new(base, on_grace, w);
     w->heartbeat = event_new(base, -1, EV_PERSIST, on_heartbeat, w);
     w->reap = event_new(base, -1, EV_PERSIST, on_reap, w);
-    return w->retry && w->flush && w->grace && w->heartbeat && w->reap ? 0 : TEMPEST_ENOMEM;
+    w->ack_ev = event_new(base, -1, 0, on_flush_acks, w);
+    return w->retry && w->flush && w->grace && w->heartbeat && w->reap && w->ack_ev
+               ? 0
+               : TEMPEST_ENOMEM;
 }
 
 TEMPEST_API tempest_worker *
@@ -918,7 +1002,7 @@ static void signals_set(tempest_worker *w, bool on) {
 TEMPEST_API int tempest_worker_loop(tempest_worker *w) {
     if (w == NULL)
         return TEMPEST_EINVAL;
-    if (!w->started || w->finished) {
+    if (!w->started) {
         int rc = tempest_worker_start(w);
         if (rc != 0)
             return rc;
@@ -971,6 +1055,8 @@ static void free_peers(tempest_worker *w) {
 static void abandon_all(tempest_worker *w) {
     if (!w->started || w->finished || tp_redis_state(w->node->redis) != TEMPEST_NODE_UP)
         return;
+    flush_acks(w);
+    flush_acks(w);
     for (tempest_job *job = w->jobs; job; job = job->next)
         if (!job->abandoned)
             requeue(job);
@@ -978,8 +1064,8 @@ static void abandon_all(tempest_worker *w) {
 }
 
 static void free_events(tempest_worker *w) {
-    struct event *evs[] = {w->retry, w->flush,      w->grace,     w->heartbeat,
-                           w->reap,  w->signals[0], w->signals[1]};
+    struct event *evs[] = {w->retry, w->flush,      w->grace,      w->heartbeat,
+                           w->reap,  w->signals[0], w->signals[1], w->ack_ev};
     for (size_t i = 0; i < sizeof evs / sizeof *evs; i++)
         if (evs[i])
             event_free(evs[i]);

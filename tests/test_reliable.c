@@ -275,6 +275,11 @@ static void test_fail_without_retry(void **state) {
     tempest_worker_free(w);
 }
 
+static bool high_has_one(void *arg) {
+    (void)arg;
+    return tt_redis_int(&fx.redis, "LLEN high") == 1;
+}
+
 static void test_priorities(void **state) {
     (void)state;
     for (int i = 1; i <= 3; i++)
@@ -291,9 +296,11 @@ static void test_priorities(void **state) {
         want next = {&h, i + 1};
         assert_true(tt_run_until(fx.base, has_n, &next, 3000));
         assert_int_equal(tempest_job_queue_index(h.jobs[i]), h.order[i] > 100);
+        if (i == 3) { /* arrives while low still has work: served first */
+            push("high", 4);
+            assert_true(tt_run_until(fx.base, high_has_one, NULL, 2000));
+        }
         tempest_job_done(h.jobs[i]);
-        if (i == 3)
-            push("high", 4); /* arrives while low still has work: served first */
     }
     want seven = {&h, 7};
     assert_true(tt_run_until(fx.base, has_n, &seven, 3000));

@@ -106,10 +106,12 @@ TEMPEST_API int tempest_worker_start(tempest_worker *worker);
 TEMPEST_API void tempest_worker_stop(tempest_worker *worker);
 
 /**
- * Starts the worker and runs the node's event_base until the worker has
- * stopped (tempest_worker_stop(), or SIGINT/SIGTERM with handle_signals)
- * and its jobs in hand are finished. Returns 0, or a negative code when the
- * loop could not run. The one blocking call of the library.
+ * Runs the node's event_base until the worker has stopped
+ * (tempest_worker_stop(), or SIGINT/SIGTERM with handle_signals) and its
+ * jobs in hand are finished; starts the worker first if it was never
+ * started. A worker that has already stopped makes it return at once
+ * (restart one with tempest_worker_start()). Returns 0, or a negative code
+ * when the loop could not run. The one blocking call of the library.
  */
 TEMPEST_API int tempest_worker_loop(tempest_worker *worker);
 
