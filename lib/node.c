@@ -45,8 +45,10 @@ int tp_node_deliver(tempest_node *node, tp_pending *job, int status, json_t *jso
     return 0;
 }
 
+/* The job stays in the table until its terminal event is delivered, so
+ * that tempest_work_cancel() can still stop a queued final answer. */
 void tp_node_finish(tempest_node *node, tp_pending *job) {
-    tp_map_del(&node->pending, job->id);
+    (void)node;
     job->done = true;
     if (job->timer) {
         event_free(job->timer);
@@ -65,20 +67,25 @@ static tp_delivery *pop_delivery(tempest_node *node) {
     return d;
 }
 
-/* Delivers one queued item; returns true when the node was freed by it. */
+/* Delivers one queued item; returns true when the node was freed by it. A
+ * terminal item takes its job out of the table before the callback runs,
+ * so a node freed by that callback does not cancel the job a second time. */
 static bool deliver_one(tempest_node *node, tp_delivery *d) {
     tp_pending *job = d->job;
+    bool embedded = d == &job->final;
     bool terminal = d->status <= 0;
     bool freed = false;
     if (job->fn) {
+        if (terminal)
+            tp_map_del(&node->pending, job->id);
         tp_node_enter(node);
         job->fn(node, job->id, d->status, d->json, job->arg);
         freed = tp_node_leave(node);
-    } else if (job->queued == 0) {
-        terminal = true; /* cancelled: the last item frees it */
+    } else {
+        terminal = job->queued == 0; /* cancelled: the last item frees it */
     }
     json_decref(d->json);
-    if (d != &job->final)
+    if (!embedded)
         free(d);
     if (terminal)
         free(job);

@@ -83,7 +83,8 @@ int tp_node_ensure_listener(tempest_node *node);
  *  A terminal status (<= 0) never fails: it uses the job's own slot. */
 int tp_node_deliver(tempest_node *node, tp_pending *job, int status, json_t *json);
 
-/** Removes `job` from the table and marks it done (no more answers taken). */
+/** Marks `job` done (no more answers taken) and stops its timer; it leaves
+ *  the table when its terminal event is delivered or it is cancelled. */
 void tp_node_finish(tempest_node *node, tp_pending *job);
 
 /** Frees the node's subscribe connection and channel table (node.c's

@@ -108,7 +108,7 @@ TEMPEST_API long long tempest_work(tempest_node *node, const char *queue, const 
     rc = push(node, queue, job, len, id, on_answer != NULL);
     free(job);
     if (rc != 0 && on_answer) {
-        tp_pending *p = tp_map_get(&node->pending, id);
+        tp_pending *p = tp_map_del(&node->pending, id);
         tp_node_finish(node, p);
         free(p);
     }
@@ -119,8 +119,9 @@ TEMPEST_API int tempest_work_cancel(tempest_node *node, long long job_id) {
     tp_pending *job = node ? tp_map_get(&node->pending, job_id) : NULL;
     if (job == NULL)
         return TEMPEST_EINVAL;
+    tp_map_del(&node->pending, job_id);
     tp_node_finish(node, job);
-    job->fn = NULL; /* queued partial answers are dropped */
+    job->fn = NULL; /* queued answers, final ones included, are dropped */
     if (job->queued == 0)
         free(job);
     return 0;

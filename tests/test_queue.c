@@ -433,6 +433,64 @@ static void test_listener_answers(void **state) {
     assert_string_equal(r.answers[0], "\"done\"");
 }
 
+
+/* Two final answers arrive in one read; the first one's callback cancels
+ * the second job, whose answer is already queued: it must never arrive. */
+typedef struct two_answers {
+    char host[64];
+    int port;
+    long long a, b;
+    volatile int done;
+} two_answers;
+
+static void *answer_both(void *arg) {
+    two_answers *t = arg;
+    redisContext *c = redisConnect(t->host, t->port);
+    redisAppendCommand(c, "x %lld 1", t->a);
+    redisAppendCommand(c, "x %lld 2", t->b);
+    for (int i = 0; i < 2; i++) {
+        redisReply *r;
+        if (redisGetReply(c, (void **)&r) == REDIS_OK)
+            freeReplyObject(r);
+    }
+    redisFree(c);
+    t->done = 1;
+    return NULL;
+}
+
+static long long second_job;
+static int cancel_calls;
+static void cancel_other(tempest_node *node, long long id, int status, json_t *answer, void *arg) {
+    (void)answer;
+    (void)arg;
+    cancel_calls++;
+    if (id != second_job) {
+        assert_int_equal(status, 0);
+        assert_int_equal(tempest_work_cancel(node, second_job), 0);
+    }
+}
+
+static bool both_sent(void *arg) {
+    return ((two_answers *)arg)->done;
+}
+
+static void test_cancel_queued_final_answer(void **state) {
+    fixture *f = *state;
+    two_answers t = {0};
+    cancel_calls = 0;
+    t.a = tempest_work(f->node, "q14", "x", NULL, NULL, cancel_other, NULL);
+    t.b = second_job = tempest_work(f->node, "q14", "x", NULL, NULL, cancel_other, NULL);
+    assert_true(t.a > 0 && t.b > 0);
+    assert_int_equal(sscanf(tempest_node_address(f->node), "%63[^:]:%d", t.host, &t.port), 2);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, answer_both, &t), 0);
+    assert_true(tt_run_until(f->base, both_sent, &t, 3000));
+    pthread_join(th, NULL);
+    tt_run_for(f->base, 50);
+    assert_int_equal(cancel_calls, 1); /* the cancelled job's answer was dropped */
+    assert_int_equal(tempest_work_pending(f->node), 0);
+}
+
 static void test_bad_arguments(void **state) {
     fixture *f = *state;
     json_t *obj = json_object();
@@ -479,7 +537,7 @@ int main(void) {
         cmocka_unit_test(test_fire_and_forget),   cmocka_unit_test(test_concurrency),
         cmocka_unit_test(test_many_workers),      cmocka_unit_test(test_loop_and_stop),
         cmocka_unit_test(test_free_in_handler),   cmocka_unit_test(test_listener_answers),
-        cmocka_unit_test(test_bad_arguments),     cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_bad_arguments),     cmocka_unit_test(test_cancel), cmocka_unit_test(test_cancel_queued_final_answer),
     };
     return cmocka_run_group_tests_name("queue", tests, setup, teardown);
 }
