@@ -7,8 +7,10 @@
  * inline commands (a line that does not start with '*') are split on blanks
  * here. The session answers what an ordinary Redis client sends on its own
  * and hands every other command to the owner's tp_command_fn, in request
- * order. Any input that cannot be resynchronised gets one -ERR and closes
- * that connection only; the reader never buffers more than max_request.
+ * order; a command may defer its reply to a slot, and the replies behind a
+ * pending slot are held so that they still leave in request order. Any
+ * input that cannot be resynchronised gets one -ERR and closes that
+ * connection only; the reader never buffers more than max_request.
  * With a shared secret, a session runs nothing but AUTH, QUIT and HELLO
  * until AUTH succeeds, under tighter limits (as Redis does for clients that
  * have not authenticated), and closes at the third wrong secret.
@@ -57,6 +59,7 @@ typedef int array_count;
 #define CONN_SLICE ((size_t)4 << 10)           /* socket input per feed: the backpressure grain */
 #define KEEP_BUFFER ((size_t)64 << 10)         /* larger per-request buffers are released */
 #define PREAUTH_MAX_REQUEST ((size_t)16 << 10) /* a request before AUTH, as Redis */
+#define DEFER_MAX ((size_t)1024)               /* pending reply slots before reads pause */
 
 enum {
     DEFAULT_MAX_ARGS = 1024,
@@ -171,7 +174,24 @@ struct tp_session {
     size_t line_cap;
     char *name; /* CLIENT SETNAME */
     size_t name_len;
+    /* deferred replies in request order; the head, if any, is pending */
+    tp_reply_slot *head, *tail;
+    size_t deferred;               /* slots taken and not yet completed */
+    struct evbuffer *out;          /* where held replies go: the latest feed's */
+    struct evbuffer *dispatch_out; /* the `out` of the command fn running, or NULL */
+    tp_reply_slot *taken;          /* the slot that command deferred to */
 };
+
+/* A reply that may complete after later ones; `buf` holds it until then. */
+struct tp_reply_slot {
+    tp_reply_slot *next;
+    tp_session *s; /* NULL once the session is gone: completing only frees */
+    struct evbuffer *buf;
+    bool done;
+};
+
+/* The session whose command fn is running on this thread (tp_listener_defer). */
+static _Thread_local tp_session *dispatching;
 
 static void limits_fill(tp_listener_limits *dst, const tp_listener_limits *src) {
     *dst = src != NULL ? *src : (tp_listener_limits){0};
@@ -209,13 +229,17 @@ static const char *limit_note(const tp_session *s) {
 /* Answers why the stream cannot go on; the session then refuses all input. */
 static int session_fail(tp_session *s, struct evbuffer *out, const char *fmt, ...) LST_PRINTF(3, 4);
 
+static struct evbuffer *reply_sink(tp_session *s, struct evbuffer *out);
+
 static int session_fail(tp_session *s, struct evbuffer *out, const char *fmt, ...) {
     char msg[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    tp_resp_error(out, msg);
+    out = reply_sink(s, out);
+    if (out != NULL)
+        tp_resp_error(out, msg);
     s->rc = -1;
     return -1;
 }
@@ -514,11 +538,171 @@ static void unknown_command(struct evbuffer *out, const char *name, size_t len) 
     resp_errorf(out, "ERR unknown command '%s'", shown);
 }
 
-/* Runs one command; exactly one reply goes to `out`. */
+/* ---- deferred replies ------------------------------------------------- */
+
+static void slot_free(tp_reply_slot *slot) {
+    evbuffer_free(slot->buf);
+    free(slot);
+}
+
+/* Appends a slot: pending (a deferred reply) or done (replies held behind). */
+static tp_reply_slot *slot_append(tp_session *s, bool done) {
+    tp_reply_slot *slot = tp_calloc(1, sizeof *slot);
+    if (slot == NULL || (slot->buf = evbuffer_new()) == NULL) {
+        free(slot);
+        return NULL;
+    }
+    slot->s = s;
+    slot->done = done;
+    if (s->tail != NULL)
+        s->tail->next = slot;
+    else
+        s->head = slot;
+    s->tail = slot;
+    s->deferred += !done;
+    return slot;
+}
+
+/* Where the next reply goes: `out` while nothing is pending, else held. */
+static struct evbuffer *reply_sink(tp_session *s, struct evbuffer *out) {
+    if (s->head == NULL)
+        return out;
+    if (s->tail->done)
+        return s->tail->buf;
+    tp_reply_slot *slot = slot_append(s, true);
+    return slot != NULL ? slot->buf : NULL;
+}
+
+/* Writes out the completed replies at the head. */
+static void session_flush(tp_session *s) {
+    while (s->head != NULL && s->head->done) {
+        tp_reply_slot *slot = s->head;
+        s->head = slot->next;
+        if (s->head == NULL)
+            s->tail = NULL;
+        if (s->out != NULL)
+            evbuffer_add_buffer(s->out, slot->buf);
+        slot_free(slot);
+    }
+}
+
+/* Orphans the pending slots (their owners free them) and frees the rest. */
+static void session_drop_slots(tp_session *s) {
+    for (tp_reply_slot *slot = s->head, *next; slot != NULL; slot = next) {
+        next = slot->next;
+        slot->next = NULL;
+        if (slot->done)
+            slot_free(slot);
+        else
+            slot->s = NULL;
+    }
+    s->head = s->tail = NULL;
+}
+
+tp_reply_slot *tp_listener_defer(struct evbuffer *out) {
+    tp_session *s = dispatching;
+    if (s == NULL || out == NULL || out != s->dispatch_out || s->taken != NULL)
+        return NULL;
+    s->taken = slot_append(s, false);
+    return s->taken;
+}
+
+/* The buffer a completion writes to: straight out at the head. */
+static struct evbuffer *slot_target(tp_reply_slot *slot) {
+    tp_session *s = slot->s;
+    if (s == NULL)
+        return NULL;
+    return slot == s->head && s->out != NULL ? s->out : slot->buf;
+}
+
+/* A command fn running for the session holds the flush (it may be writing
+ * into a held buffer); the dispatch flushes when it returns. */
+static void slot_done(tp_reply_slot *slot) {
+    tp_session *s = slot->s;
+    if (s == NULL) {
+        slot_free(slot);
+        return;
+    }
+    slot->done = true;
+    s->deferred--;
+    if (s->dispatch_out == NULL)
+        session_flush(s);
+}
+
+void tp_slot_reply_bulk(tp_reply_slot *slot, const char *buf, size_t len) {
+    if (slot == NULL)
+        return;
+    struct evbuffer *out = slot_target(slot);
+    if (out != NULL)
+        tp_resp_bulk(out, buf, len);
+    slot_done(slot);
+}
+
+void tp_slot_reply_error(tp_reply_slot *slot, const char *message) {
+    if (slot == NULL)
+        return;
+    struct evbuffer *out = slot_target(slot);
+    if (out != NULL)
+        tp_resp_error(out, message);
+    slot_done(slot);
+}
+
+bool tp_slot_alive(const tp_reply_slot *slot) {
+    return slot != NULL && slot->s != NULL;
+}
+
+size_t tp_session_deferred(const tp_session *s) {
+    return s != NULL ? s->deferred : 0;
+}
+
+/* Calls the owner's command fn; it replies to `out` or takes a slot. */
+static void call_command(tp_session *s, int argc, const char **argv, const size_t *lens,
+                         struct evbuffer *out) {
+    size_t before = evbuffer_get_length(out);
+    tp_session *outer = dispatching;
+    dispatching = s;
+    s->dispatch_out = out;
+    s->taken = NULL;
+    s->fn(s->arg, argc, argv, lens, out);
+    dispatching = outer;
+    bool deferred = s->taken != NULL;
+    s->taken = NULL;
+    s->dispatch_out = NULL;
+    if (!deferred && evbuffer_get_length(out) == before)
+        tp_resp_error(out, "ERR the command gave no reply"); /* keeps the client in step */
+    session_flush(s);
+}
+
+/* Runs one command; exactly one reply goes to `out` (or is held behind a
+ * deferred one, or deferred itself). */
+static bool looks_like_answer(int argc, const char **argv, const size_t *lens) {
+    if (argc != 3 && argc != 4)
+        return false;
+    if (lens[1] == 0 || lens[1] > 19)
+        return false;
+    for (size_t i = 0; i < lens[1]; i++)
+        if (argv[1][i] < '0' || argv[1][i] > '9')
+            return false;
+    return argc == 3 || word_is(argv[3], lens[3], "MORE") || word_is(argv[3], lens[3], "ERROR");
+}
+
 static void run_command(tp_session *s, int argc, const char **argv, const size_t *lens,
                         struct evbuffer *out) {
+    out = reply_sink(s, out);
+    if (out == NULL) {
+        s->rc = -1; /* out of memory: the reply cannot be kept in order */
+        return;
+    }
     if (session_locked(s) && !allowed_locked(argv[0], lens[0])) {
         tp_resp_error(out, noauth_error);
+        return;
+    }
+    /* `<action> <job id> <json> [MORE|ERROR]` is an answer even when the
+     * action is named like a built-in (a job called "echo" or "ping"):
+     * no Redis client sends those commands with a number as second word.
+     * AUTH keeps its meaning ("auth" is a reserved action name). */
+    if (s->fn && looks_like_answer(argc, argv, lens) && !word_is(argv[0], lens[0], "AUTH")) {
+        call_command(s, argc, argv, lens, out);
         return;
     }
     for (size_t i = 0; i < sizeof builtins / sizeof *builtins; i++) {
@@ -533,10 +717,7 @@ static void run_command(tp_session *s, int argc, const char **argv, const size_t
         unknown_command(out, argv[0], lens[0]);
         return;
     }
-    size_t before = evbuffer_get_length(out);
-    s->fn(s->arg, argc, argv, lens, out);
-    if (evbuffer_get_length(out) == before)
-        tp_resp_error(out, "ERR the command gave no reply"); /* keeps the client in step */
+    call_command(s, argc, argv, lens, out);
 }
 
 /* ---- multibulk requests through redisReader --------------------------- */
@@ -848,6 +1029,7 @@ static int drain_reader(tp_session *s, struct evbuffer *out) {
 int tp_session_feed(tp_session *s, const char *buf, size_t len, struct evbuffer *out) {
     if (s == NULL || out == NULL)
         return -1;
+    s->out = out;
     while (s->rc == 0 && len > 0) {
         if (s->mode == MODE_IDLE && !start_request(s, buf[0], out))
             break;
@@ -905,6 +1087,7 @@ static void secret_free(char *secret) {
 void tp_session_free(tp_session *s) {
     if (s == NULL)
         return;
+    session_drop_slots(s);
     redisReaderFree(s->reader);
     free(s->req.argv);
     free(s->req.lens);
@@ -973,7 +1156,8 @@ static void conn_finish(struct conn *c) {
     struct timeval tv = {.tv_sec = CLOSE_TIMEOUT_SEC};
     c->closing = true;
     bufferevent_disable(c->bev, EV_READ);
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0 &&
+        tp_session_deferred(c->s) == 0) {
         conn_free(c);
         return;
     }
@@ -1006,7 +1190,8 @@ static void conn_process(struct conn *c) {
     l->busy++;
     while (rc == 0 && !c->paused && !l->freeing && evbuffer_get_length(in) > 0) {
         rc = conn_feed_chunk(c);
-        if (rc == 0 && evbuffer_get_length(out) > l->lim.max_buffered) {
+        if (rc == 0 && (evbuffer_get_length(out) > l->lim.max_buffered ||
+                        tp_session_deferred(c->s) >= DEFER_MAX)) {
             c->paused = true;
             bufferevent_disable(c->bev, EV_READ);
         }
@@ -1030,11 +1215,12 @@ static void on_write(struct bufferevent *bev, void *arg) {
     struct conn *c = arg;
     size_t pending = evbuffer_get_length(bufferevent_get_output(bev));
     if (c->closing) {
-        if (pending == 0)
+        if (pending == 0 && tp_session_deferred(c->s) == 0)
             conn_free(c);
         return;
     }
-    if (c->paused && pending <= c->l->lim.max_buffered / 2) {
+    if (c->paused && pending <= c->l->lim.max_buffered / 2 &&
+        tp_session_deferred(c->s) <= DEFER_MAX / 2) {
         c->paused = false;
         bufferevent_enable(bev, EV_READ);
         conn_process(c); /* what was read before the pause */

@@ -23,7 +23,8 @@ struct event_base;
  * Handles one command the listener does not answer itself. argv[0] is the
  * command name as sent (any case); the strings are borrowed, valid during
  * the call, NUL-terminated and may hold NULs (use argvlen). It must append
- * exactly one RESP reply to `out` (tp_resp_* helpers below).
+ * exactly one RESP reply to `out` (tp_resp_* helpers below), or take a
+ * reply slot with tp_listener_defer(out) and append nothing.
  */
 typedef void tp_command_fn(void *arg, int argc, const char **argv, const size_t *argvlen,
                            struct evbuffer *out);
@@ -60,8 +61,40 @@ tp_session *tp_session_new(const tp_listener_limits *limits, tp_command_fn *fn, 
 int tp_session_feed(tp_session *s, const char *buf, size_t len, struct evbuffer *out);
 
 /** Frees a session (its copy of the secret is zeroed first); NULL does
- *  nothing. */
+ *  nothing. Its reply slots still pending become orphans (see below). */
 void tp_session_free(tp_session *s);
+
+/*
+ * Deferred replies. A tp_command_fn that cannot answer at once calls
+ * tp_listener_defer(out) with the `out` it was given and appends nothing;
+ * it (or whoever it hands the slot to) later completes the slot exactly
+ * once with tp_slot_reply_bulk() or tp_slot_reply_error(), from anywhere on
+ * the loop's thread. Replies still leave in request order: a completed slot
+ * behind a pending one is held (with every synchronous reply after it)
+ * until the earlier ones complete, then written to the `out` of the
+ * session's latest feed (a connection's output for the listener). Once the
+ * session or its connection is gone, a slot is an orphan: completing it
+ * only frees it. A connection with pending slots stops reading at 1024 of
+ * them, and a connection that quits or hits a protocol error stays open
+ * until its pending slots complete and their replies are written.
+ */
+typedef struct tp_reply_slot tp_reply_slot;
+
+/** From inside a tp_command_fn, with its `out` only: takes the slot of the
+ *  running command's reply. NULL (reply synchronously then) when called
+ *  elsewhere, twice for one command, or when out of memory. */
+tp_reply_slot *tp_listener_defer(struct evbuffer *out);
+
+/** Completes `slot` with a bulk string reply, or with `-message` (CR/LF
+ *  replaced); `slot` is freed by the call. NULL does nothing. */
+void tp_slot_reply_bulk(tp_reply_slot *slot, const char *buf, size_t len);
+void tp_slot_reply_error(tp_reply_slot *slot, const char *message);
+
+/** False once the client of `slot` is gone (its reply would be dropped). */
+bool tp_slot_alive(const tp_reply_slot *slot);
+
+/** Slots of `s` taken and not yet completed. */
+size_t tp_session_deferred(const tp_session *s);
 
 typedef struct tp_listener tp_listener;
 

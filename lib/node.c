@@ -16,6 +16,7 @@
 #include <strings.h>
 
 #include "node.h"
+#include "rpc.h"
 
 static const char *default_url = "redis://127.0.0.1:6379";
 
@@ -173,6 +174,10 @@ static void on_command(void *arg, int argc, const char **argv, const size_t *arg
     tempest_node *node = arg;
     if (node->freeing) {
         tp_resp_error(out, "ERR node is shutting down");
+        return;
+    }
+    if (tp_rpc_is_request(argc, argv, argvlen)) {
+        tp_rpc_command(node, argc, argv, argvlen, out);
         return;
     }
     if (argc == 3 || argc == 4) {
@@ -376,6 +381,7 @@ static void destroy(tempest_node *node) {
     node->freeing = true;
     node->depth++; /* callbacks run by cancel_all cannot free it again */
     cancel_all(node);
+    tp_rpc_node_free(node);
     tp_listener_free(node->listener);
     tp_redis_free(node->redis);
     tp_map_clear(&node->pending);

@@ -71,6 +71,7 @@ struct tempest_node {
     tp_map publications;
     long long next_publication;
     struct tp_pubsub *pubsub; /* the subscribe connection, once needed */
+    struct tp_rpc *rpc;       /* responders and direct calls (lib/rpc.c), once needed */
     int depth;
     bool freeing;
     char errstr[256];

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "node.h"
 
@@ -64,7 +65,8 @@ static tp_pending *pending_new(tempest_node *node, long long id, tempest_answer_
 }
 
 static int check_args(tempest_node *node, const char *queue, const char *action, json_t *args) {
-    if (node == NULL || queue == NULL || *queue == '\0' || action == NULL || *action == '\0')
+    if (node == NULL || queue == NULL || *queue == '\0' || action == NULL || *action == '\0' ||
+        strcasecmp(action, "auth") == 0) /* reserved: the listener's AUTH */
         return TEMPEST_EINVAL;
     if (args && !json_is_array(args))
         return TEMPEST_EINVAL;

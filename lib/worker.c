@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/time.h>
 #include <unistd.h>
 #include <time.h>
@@ -45,7 +46,7 @@ typedef struct wqueue {
     char *workers;    /* {name}:workers */
     char *attempts;   /* {name}:attempts */
     char *dead;       /* {name}:dead, or the dead_letter option */
-    char **acks;      /* finished jobs waiting for the next ack batch */
+    char **acks;      /* finished jobs waiting for the next ack batch (owned) */
     size_t *ack_lens;
     int nacks, ack_cap;
 } wqueue;
@@ -78,12 +79,13 @@ struct tempest_worker {
     unsigned long long taken;
     peer *peers;
     int answers_inflight;
-    struct event *retry;     /* take again after an error reply */
-    struct event *flush;     /* bound on waiting for answer replies at stop */
-    struct event *heartbeat; /* presence refresh while no take is in flight */
-    struct event *reap;      /* requeue the jobs of dead workers */
-    struct event *grace;     /* requeue the jobs still in hand at stop */
-    struct event *ack_ev;    /* flushes the ack batches after this loop turn */
+    struct event *retry;                     /* take again after an error reply */
+    struct event *flush;                     /* bound on waiting for answer replies at stop */
+    struct event *heartbeat;                 /* presence refresh while no take is in flight */
+    struct event *reap;                      /* requeue the jobs of dead workers */
+    struct event *grace;                     /* requeue the jobs still in hand at stop */
+    struct event *ack_ev;                    /* flushes the ack batches after this loop turn */
+    struct ack_batch *acks_sent, *acks_last; /* sent, awaiting Redis, in order */
     struct event *signals[2];
     bool started, stopping, taking, last_empty, leaving, finished, flush_expired;
     int depth;
@@ -92,6 +94,7 @@ struct tempest_worker {
 
 static void maybe_take(tempest_worker *w);
 static void destroy(tempest_worker *w);
+static void check_finished(tempest_worker *w);
 
 /* ---- callbacks guard ------------------------------------------------- */
 
@@ -138,38 +141,105 @@ static int job_script(tempest_job *job, int script, const char *name, int nkeys,
 
 /* Finished jobs are acknowledged in batches: one script call per queue per
  * loop turn (at most ACK_BATCH jobs a call). A job stays in the processing
- * list until its batch runs, so the guarantee is unchanged. */
+ * list until Redis confirms its batch; a batch that fails (connection lost,
+ * Redis down) goes back to be sent again, from the heartbeat timer. */
 enum { ACK_BATCH = 50 };
 _Static_assert(ACK_BATCH + 2 <= TP_SCRIPT_MAX_ARGS, "an ack batch must fit one script call");
 
-static void flush_acks_of(tempest_worker *w, wqueue *q) {
+typedef struct ack_batch {
+    struct ack_batch *next;
+    int queue, n;
+    char *raws[ACK_BATCH];
+    size_t lens[ACK_BATCH];
+} ack_batch;
+
+/* Appends a finished job's raw text (taken over) to its queue's batch. */
+static int ack_push(wqueue *q, char *raw, size_t len) {
+    if (q->nacks == q->ack_cap) {
+        int cap = q->ack_cap ? q->ack_cap * 2 : 64;
+        char **acks = tp_realloc(q->acks, (size_t)cap * sizeof *acks);
+        if (acks)
+            q->acks = acks;
+        size_t *lens = acks ? tp_realloc(q->ack_lens, (size_t)cap * sizeof *lens) : NULL;
+        if (lens == NULL)
+            return TEMPEST_ENOMEM;
+        q->ack_lens = lens;
+        q->ack_cap = cap;
+    }
+    q->acks[q->nacks] = raw;
+    q->ack_lens[q->nacks++] = len;
+    return 0;
+}
+
+static void batch_free(ack_batch *b) {
+    for (int i = 0; i < b->n; i++)
+        free(b->raws[i]);
+    free(b);
+}
+
+/* Redis answered a batch (in order: all batches go on one connection). */
+static void on_acked(redisAsyncContext *ac, void *reply, void *privdata) {
+    redisReply *rep = reply;
+    tempest_worker *w = worker_of(ac, privdata);
+    if (w == NULL || w->acks_sent == NULL)
+        return; /* the worker was freed with its batches */
+    ack_batch *b = w->acks_sent;
+    w->acks_sent = b->next;
+    if (w->acks_sent == NULL)
+        w->acks_last = NULL;
+    if (rep && rep->type != REDIS_REPLY_ERROR) {
+        batch_free(b);
+    } else {
+        tp_log(&w->node->log, TEMPEST_LOG_WARN, "%d acks failed (%s): sent again later", b->n,
+               rep ? rep->str : "connection lost");
+        wqueue *q = &w->queues[b->queue];
+        int i = 0;
+        while (i < b->n && ack_push(q, b->raws[i], b->lens[i]) == 0)
+            b->raws[i++] = NULL;
+        batch_free(b); /* frees only what could not be kept (no memory) */
+    }
+    check_finished(w);
+}
+
+static int send_batch(tempest_worker *w, int qi, ack_batch *b) {
+    wqueue *q = &w->queues[qi];
+    const char *argv[2 + ACK_BATCH] = {q->processing, q->attempts};
+    size_t lens[2 + ACK_BATCH] = {strlen(q->processing), strlen(q->attempts)};
+    for (int i = 0; i < b->n; i++) {
+        argv[2 + i] = b->raws[i];
+        lens[2 + i] = b->lens[i];
+    }
+    return tp_redis_script(w->node->redis, on_acked, (void *)(intptr_t)w->serial, TP_SCRIPT_ACK, 2,
+                           2 + b->n, argv, lens);
+}
+
+static void flush_acks_of(tempest_worker *w, int qi) {
+    wqueue *q = &w->queues[qi];
     while (q->nacks > 0) {
-        int n = q->nacks < ACK_BATCH ? q->nacks : ACK_BATCH;
-        const char *argv[2 + ACK_BATCH];
-        size_t lens[2 + ACK_BATCH];
-        argv[0] = q->processing;
-        argv[1] = q->attempts;
-        lens[0] = strlen(q->processing);
-        lens[1] = strlen(q->attempts);
-        for (int i = 0; i < n; i++) {
-            argv[2 + i] = q->acks[q->nacks - n + i];
-            lens[2 + i] = q->ack_lens[q->nacks - n + i];
+        ack_batch *b = tp_malloc(sizeof *b);
+        if (b == NULL)
+            return; /* retried from the heartbeat */
+        b->next = NULL;
+        b->queue = qi;
+        b->n = q->nacks < ACK_BATCH ? q->nacks : ACK_BATCH;
+        memcpy(b->raws, &q->acks[q->nacks - b->n], (size_t)b->n * sizeof *b->raws);
+        memcpy(b->lens, &q->ack_lens[q->nacks - b->n], (size_t)b->n * sizeof *b->lens);
+        if (send_batch(w, qi, b) != 0) {
+            free(b); /* Redis is down: the raws stay queued for a later try */
+            return;
         }
-        int rc = tp_redis_script(w->node->redis, on_script_reply, "ack", TP_SCRIPT_ACK, 2, 2 + n,
-                                 argv, lens);
-        if (rc != 0)
-            tp_log(&w->node->log, TEMPEST_LOG_ERROR,
-                   "%d acks not sent (%s): the jobs stay in processing until reaped", n,
-                   tempest_strerror(rc));
-        for (int i = 0; i < n; i++)
-            free(q->acks[q->nacks - n + i]);
-        q->nacks -= n;
+        q->nacks -= b->n;
+        if (w->acks_last)
+            w->acks_last->next = b;
+        else
+            w->acks_sent = b;
+        w->acks_last = b;
     }
 }
 
 static void flush_acks(tempest_worker *w) {
     for (int i = 0; i < w->nqueues; i++)
-        flush_acks_of(w, &w->queues[i]);
+        flush_acks_of(w, i);
 }
 
 static void on_flush_acks(evutil_socket_t fd, short what, void *arg) {
@@ -178,29 +248,52 @@ static void on_flush_acks(evutil_socket_t fd, short what, void *arg) {
     flush_acks(arg);
 }
 
-/* Takes the job's raw text into its queue's batch of acknowledgements. */
-static void ack(tempest_job *job) {
-    tempest_worker *w = job->w;
-    wqueue *q = &w->queues[job->queue];
-    if (q->nacks == q->ack_cap) {
-        int cap = q->ack_cap ? q->ack_cap * 2 : 64;
-        char **acks = tp_realloc(q->acks, (size_t)cap * sizeof *acks);
-        size_t *lens = acks ? tp_realloc(q->ack_lens, (size_t)cap * sizeof *lens) : NULL;
-        if (acks)
-            q->acks = acks;
-        if (lens == NULL) {
-            flush_acks_of(w, q); /* no room to batch: send what we have, then this one */
-            const char *argv[] = {q->processing, q->attempts, job->raw};
-            job_script(job, TP_SCRIPT_ACK, "ack", 2, 3, argv);
-            return;
-        }
-        q->ack_lens = lens;
-        q->ack_cap = cap;
+/* True while acknowledgements are waiting to be sent or confirmed. */
+static bool acks_pending(const tempest_worker *w) {
+    if (w->acks_sent)
+        return true;
+    for (int i = 0; i < w->nqueues; i++)
+        if (w->queues[i].nacks > 0)
+            return true;
+    return false;
+}
+
+/* Takes a finished job's raw text (ownership passes) into its batch. */
+static void ack_raw(tempest_worker *w, int qi, char *raw, size_t len) {
+    wqueue *q = &w->queues[qi];
+    if (ack_push(q, raw, len) != 0) {
+        const char *argv[] = {q->processing, q->attempts, raw};
+        size_t lens[] = {strlen(q->processing), strlen(q->attempts), len};
+        if (tp_redis_script(w->node->redis, on_script_reply, "ack", TP_SCRIPT_ACK, 2, 3, argv,
+                            lens) != 0)
+            tp_log(&w->node->log, TEMPEST_LOG_ERROR,
+                   "no memory: an ack is lost; the job stays "
+                   "in processing until its worker is reaped");
+        free(raw);
+        return;
     }
-    q->acks[q->nacks] = job->raw;
-    q->ack_lens[q->nacks++] = job->raw_len;
-    job->raw = NULL; /* the batch owns it now */
     event_active(w->ack_ev, EV_TIMEOUT, 0);
+}
+
+static void ack(tempest_job *job) {
+    ack_raw(job->w, job->queue, job->raw, job->raw_len);
+    job->raw = NULL;
+}
+
+/* Puts a job whose answer was not confirmed back on its queue's tail, with
+ * one more attempt counted (dead-lettered past max_attempts). */
+static void retry_raw(tempest_worker *w, int qi, const char *raw, size_t len, const char *why) {
+    wqueue *q = &w->queues[qi];
+    char max[16];
+    snprintf(max, sizeof max, "%d", w->max_attempts);
+    const char *argv[] = {q->processing, q->attempts, q->name, q->dead, raw, max, why, q->name};
+    size_t lens[8];
+    for (int i = 0; i < 8; i++)
+        lens[i] = argv[i] == raw ? len : strlen(argv[i]);
+    if (tp_redis_script(w->node->redis, on_script_reply, "retry", TP_SCRIPT_RETRY, 4, 8, argv,
+                        lens) != 0)
+        tp_log(&w->node->log, TEMPEST_LOG_ERROR,
+               "a job to retry stays in processing until its worker is reaped (%s)", why);
 }
 
 static void requeue(tempest_job *job) {
@@ -245,7 +338,8 @@ static int send_leave(tempest_worker *w, redisCallbackFn *fn) {
 static void check_finished(tempest_worker *w) {
     if (!w->stopping || w->finished || w->leaving || w->taking || w->in_hand > 0)
         return;
-    if (w->answers_inflight > 0 && !w->flush_expired) {
+    if ((w->answers_inflight > 0 || acks_pending(w)) && !w->flush_expired) {
+        flush_acks(w);
         struct timeval tv = {2, 0};
         if (!evtimer_pending(w->flush, NULL))
             evtimer_add(w->flush, &tv);
@@ -262,8 +356,9 @@ static void on_flush_timeout(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
     tempest_worker *w = arg;
-    tp_log(&w->node->log, TEMPEST_LOG_WARN, "worker: %d answers unacknowledged at stop",
-           w->answers_inflight);
+    tp_log(&w->node->log, TEMPEST_LOG_WARN,
+           "worker: %d answers unconfirmed%s at stop: their jobs are left for the reaper",
+           w->answers_inflight, acks_pending(w) ? " and acks pending" : "");
     w->flush_expired = true;
     check_finished(w);
 }
@@ -332,16 +427,55 @@ static void on_peer_disconnect(const redisAsyncContext *ac, int status) {
     peer_unlink(p); /* clears ac->data; hiredis frees the context after this */
 }
 
+/* A final answer on its way: the job is acknowledged only when the
+ * producer's listener has replied to it, so a worker that dies first
+ * leaves the job in its processing list for the reaper. */
+typedef struct settle {
+    tempest_node *node; /* outlives the worker: find it by serial */
+    long long serial;
+    int queue;
+    char *raw;
+    size_t len;
+} settle;
+
+static void settle_free(settle *st) {
+    if (st) {
+        free(st->raw);
+        free(st);
+    }
+}
+
+/* The answer may not have arrived: run the job again (one attempt more). */
+static void settle_retry(settle *st) {
+    tempest_worker *w = tp_map_get(&st->node->workers, st->serial);
+    if (w)
+        retry_raw(w, st->queue, st->raw, st->len,
+                  "answer not confirmed: connection to the producer lost");
+    settle_free(st);
+}
+
 static void on_peer_reply(redisAsyncContext *ac, void *reply, void *privdata) {
-    (void)privdata;
+    settle *st = privdata;
     peer *p = ac->data;
     redisReply *rep = reply;
-    if (p == NULL || rep == NULL)
-        return; /* the disconnect path settles the counts */
+    if (rep == NULL) {
+        if (st)
+            settle_retry(st); /* the disconnect path settles the counts */
+        return;
+    }
+    if (p == NULL) {
+        settle_free(st);
+        return;
+    }
     p->inflight--;
     p->w->answers_inflight--;
     if (rep->type == REDIS_REPLY_ERROR)
         tp_log(&p->w->node->log, TEMPEST_LOG_WARN, "%s refused an answer: %s", p->addr, rep->str);
+    if (st) {
+        ack_raw(p->w, st->queue, st->raw, st->len); /* refused or not, the job was handled */
+        st->raw = NULL;
+        settle_free(st);
+    }
     check_finished(p->w);
 }
 
@@ -401,8 +535,10 @@ static peer *peer_get(tempest_worker *w, const char *addr) {
     return peer_open(w, addr);
 }
 
-/* Sends `<action> <id> <payload> [flag]` to the job's producer. */
-static int send_answer(tempest_job *job, const char *payload, size_t len, const char *flag) {
+/* Sends `<action> <id> <payload> [flag]` to the job's producer. `st` (a
+ * final answer's settlement, or NULL) is taken over when this returns 0. */
+static int send_answer(tempest_job *job, const char *payload, size_t len, const char *flag,
+                       settle *st) {
     tempest_worker *w = job->w;
     peer *p = peer_get(w, job->parts.respond_to);
     if (p == NULL)
@@ -411,11 +547,33 @@ static int send_answer(tempest_job *job, const char *payload, size_t len, const 
     int idlen = snprintf(id, sizeof id, "%lld", job->parts.id);
     const char *argv[] = {job->parts.action, id, payload, flag};
     size_t lens[] = {strlen(job->parts.action), (size_t)idlen, len, flag ? strlen(flag) : 0};
-    if (redisAsyncCommandArgv(p->ac, on_peer_reply, NULL, flag ? 4 : 3, argv, lens) != REDIS_OK)
+    if (redisAsyncCommandArgv(p->ac, on_peer_reply, st, flag ? 4 : 3, argv, lens) != REDIS_OK)
         return TEMPEST_EDOWN;
     p->inflight++;
     w->answers_inflight++;
     return 0;
+}
+
+/* Sends a job's final answer; its acknowledgement follows the producer's
+ * reply. When it cannot be sent, the job is retried. */
+static int send_final(tempest_job *job, const char *payload, size_t len) {
+    tempest_worker *w = job->w;
+    settle *st = tp_malloc(sizeof *st);
+    if (st == NULL)
+        return TEMPEST_ENOMEM;
+    *st = (settle){.node = w->node,
+                   .serial = w->serial,
+                   .queue = job->queue,
+                   .raw = job->raw,
+                   .len = job->raw_len};
+    int rc = send_answer(job, payload, len, NULL, st);
+    if (rc == 0) {
+        job->raw = NULL; /* the settlement owns it now */
+    } else {
+        free(st);
+        retry_raw(w, job->queue, job->raw, job->raw_len, "cannot reach the producer");
+    }
+    return rc;
 }
 
 static void job_free(tempest_job *job) {
@@ -451,19 +609,28 @@ TEMPEST_API int tempest_job_answer(tempest_job *job, json_t *answer, bool more) 
         return TEMPEST_EINVAL;
     if (job->abandoned)
         return job_abandoned(job);
-    int rc = 0;
-    if (job->parts.respond_to) {
-        size_t len;
-        char *payload = tp_answer_encode(answer, &len);
-        rc = payload ? send_answer(job, payload, len, more ? "MORE" : NULL) : TEMPEST_ENOMEM;
-        free(payload);
-        rc = rc == TEMPEST_EDOWN ? 0 : rc; /* logged; the producer times out */
+    if (job->parts.respond_to == NULL) {
+        if (!more) {
+            ack(job);
+            job_release(job);
+        }
+        return 0;
     }
-    if (!more) {
+    size_t len;
+    char *payload = tp_answer_encode(answer, &len);
+    int rc;
+    if (more)
+        rc = payload ? send_answer(job, payload, len, "MORE", NULL) : TEMPEST_ENOMEM;
+    else if (payload)
+        rc = send_final(job, payload, len);
+    else {
+        rc = TEMPEST_ENOMEM; /* nothing can be sent: the job ends here */
         ack(job);
-        job_release(job);
     }
-    return rc;
+    free(payload);
+    if (!more)
+        job_release(job);
+    return rc == TEMPEST_EDOWN ? 0 : rc; /* logged; the job is retried */
 }
 
 TEMPEST_API int tempest_job_done(tempest_job *job) {
@@ -483,7 +650,7 @@ static void answer_error(tempest_job *job, const char *message) {
     size_t len;
     char *payload = s ? tp_answer_encode(s, &len) : NULL;
     if (payload)
-        send_answer(job, payload, len, "ERROR");
+        send_answer(job, payload, len, "ERROR", NULL);
     free(payload);
     json_decref(s);
 }
@@ -750,6 +917,7 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
     /* A take in flight was preceded by a heartbeat, and the next one will be. */
     if (!w->taking && !w->leaving && !w->finished && tp_redis_state(w->redis) == TEMPEST_NODE_UP)
         send_heartbeat(w);
+    flush_acks(w); /* batches that failed earlier */
 }
 
 static void on_reaped(redisAsyncContext *ac, void *reply, void *privdata) {
@@ -931,7 +1099,8 @@ nomem:
 
 TEMPEST_API int tempest_worker_on(tempest_worker *w, const char *action, tempest_handler_fn *fn,
                                   void *arg) {
-    if (w == NULL || action == NULL || *action == '\0' || fn == NULL)
+    if (w == NULL || action == NULL || *action == '\0' || fn == NULL ||
+        strcasecmp(action, "auth") == 0) /* reserved: the listener's AUTH */
         return TEMPEST_EINVAL;
     for (size_t i = 0; i < w->nhandlers; i++) {
         if (strcmp(w->handlers[i].action, action) == 0) {
@@ -1078,6 +1247,11 @@ static void destroy(tempest_worker *w) {
     while (w->jobs)
         job_free(w->jobs);
     free_peers(w);
+    while (w->acks_sent) {
+        ack_batch *b = w->acks_sent;
+        w->acks_sent = b->next;
+        batch_free(b);
+    }
     free_events(w);
     tp_redis_free(w->redis);
     for (size_t i = 0; i < w->nhandlers; i++)

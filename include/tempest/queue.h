@@ -47,7 +47,7 @@ typedef struct tempest_work_options {
  * forget (respond_to is null) and nothing is called back.
  *
  * `args` is borrowed and must be a JSON array (NULL means `[]`). `options`
- * may be NULL.
+ * may be NULL. The action name `auth` is reserved (the listener's AUTH).
  *
  * Returns the job id (> 0, unique within the node), or a negative code:
  * TEMPEST_EINVAL (bad argument), TEMPEST_EDOWN (Redis is not connected now),

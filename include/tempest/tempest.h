@@ -93,5 +93,6 @@ typedef void tempest_log_fn(int level, const char *message, void *arg);
 #include <tempest/worker.h>
 #include <tempest/front.h>
 #include <tempest/pubsub.h>
+#include <tempest/rpc.h>
 
 #endif

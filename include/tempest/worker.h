@@ -83,7 +83,8 @@ tempest_worker_new(tempest_node *node, const tempest_worker_options *options, te
 
 /**
  * Sets the handler of `action` (copied), replacing an earlier one. Action
- * "*" is the fallback for actions with no handler of their own. A job whose
+ * "*" is the fallback for actions with no handler of their own; `auth` is
+ * reserved (EINVAL). A job whose
  * action has no handler is logged and, if someone waits, answered with an
  * error. Returns 0, TEMPEST_EINVAL or TEMPEST_ENOMEM.
  */
