@@ -4,7 +4,11 @@
  * the first worker to answer it writes the response.
  *
  *   front [--redis URL] [--http HOST:PORT] [--listen HOST:PORT]
- *         [--queue NAME] [--timeout MS]
+ *         [--queue NAME] [--timeout MS] [--cors ORIGIN]
+ *
+ * It also streams pub/sub channels as Server-Sent Events at /sub/<channel>;
+ * --cors sends `Access-Control-Allow-Origin: ORIGIN` with them (`'*'` lets
+ * any page subscribe, e.g. examples/sub.html opened from disk).
  */
 #include <getopt.h>
 #include <signal.h>
@@ -21,18 +25,16 @@ static void on_signal(evutil_socket_t sig, short what, void *base) {
 
 static void usage(void) {
     fprintf(stderr, "usage: front [--redis URL] [--http HOST:PORT] [--listen HOST:PORT]"
-                    " [--queue NAME] [--timeout MS]\n");
+                    " [--queue NAME] [--timeout MS] [--cors ORIGIN]\n");
     exit(2);
 }
 
 static void parse(int argc, char **argv, tempest_node_options *no, tempest_front_options *fo) {
-    static const struct option longopts[] = {{"redis", required_argument, 0, 'r'},
-                                             {"http", required_argument, 0, 'H'},
-                                             {"listen", required_argument, 0, 'l'},
-                                             {"queue", required_argument, 0, 'q'},
-                                             {"timeout", required_argument, 0, 't'},
-                                             {"help", no_argument, 0, 'h'},
-                                             {0, 0, 0, 0}};
+    static const struct option longopts[] = {
+        {"redis", required_argument, 0, 'r'},   {"http", required_argument, 0, 'H'},
+        {"listen", required_argument, 0, 'l'},  {"queue", required_argument, 0, 'q'},
+        {"timeout", required_argument, 0, 't'}, {"cors", required_argument, 0, 'c'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
         switch (c) {
         case 'r':
@@ -50,6 +52,9 @@ static void parse(int argc, char **argv, tempest_node_options *no, tempest_front
         case 't':
             if ((fo->timeout_ms = atoi(optarg)) <= 0)
                 usage();
+            break;
+        case 'c':
+            fo->cors_origin = optarg;
             break;
         default:
             usage();

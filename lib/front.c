@@ -5,7 +5,8 @@
  * A final answer becomes an ordinary response; partial answers (MORE)
  * become a chunked response. evhttp does not tell a handler when its
  * client leaves, so each waiting request watches its connection's close
- * callback and cancels its job there.
+ * callback and cancels its job there. `GET /sub/<channel>` is not a job:
+ * lib/sse.c streams it (Server-Sent Events).
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -19,7 +20,9 @@
 #include <strings.h>
 #include <sys/socket.h>
 
+#include "guard.h"
 #include "node.h"
+#include "sse.h"
 
 typedef struct front_req {
     struct front_req *prev, *next;
@@ -40,6 +43,8 @@ struct tempest_front {
     int port;
     size_t pending;
     front_req *reqs;
+    tp_sse *sse;     /* GET /sub/<channel> */
+    tp_guard *guard; /* header deadline (slow clients) */
 };
 
 /* ---- request bookkeeping --------------------------------------------- */
@@ -300,6 +305,9 @@ static int submit(tempest_front *f, front_req *fr, char *err, size_t errlen) {
 static void on_request(struct evhttp_request *req, void *arg) {
     tempest_front *f = arg;
     char err[256];
+    tp_guard_request(f->guard, req);
+    if (tp_sse_handle(f->sse, req))
+        return;
     if (f->pending >= (size_t)f->max_pending) {
         reply_text(req, 503, "tempest: too many requests waiting");
         return;
@@ -380,6 +388,11 @@ tempest_front_new(tempest_node *node, const tempest_front_options *options, temp
     if ((f->http = evhttp_new(node->base)) == NULL)
         goto nomem;
     configure_http(f, o);
+    if ((f->guard = tp_guard_new(node->base, f->http,
+                                 o->header_timeout_ms > 0 ? o->header_timeout_ms : 10000)) == NULL)
+        goto nomem;
+    if ((f->sse = tp_sse_new(node, o, err)) == NULL)
+        goto fail;
     if (bind_http(f, o->http ? o->http : "127.0.0.1:1337", err) != 0)
         goto fail;
     if (tp_node_ensure_listener(node) != 0) {
@@ -402,6 +415,18 @@ TEMPEST_API size_t tempest_front_pending(const tempest_front *f) {
     return f ? f->pending : 0;
 }
 
+TEMPEST_API size_t tempest_front_streams(const tempest_front *f) {
+    return f ? tp_sse_streams(f->sse) : 0;
+}
+
+TEMPEST_API unsigned long long tempest_front_sse_dropped(const tempest_front *f) {
+    return f ? tp_sse_dropped(f->sse) : 0;
+}
+
+TEMPEST_API unsigned long long tempest_front_slow_cut(const tempest_front *f) {
+    return f ? tp_guard_cut(f->guard) : 0;
+}
+
 TEMPEST_API void tempest_front_free(tempest_front *f) {
     if (f == NULL)
         return;
@@ -410,8 +435,10 @@ TEMPEST_API void tempest_front_free(tempest_front *f) {
         tempest_work_cancel(f->node, fr->job);
         req_unlink(fr);
     }
+    tp_sse_free(f->sse); /* before evhttp_free, which closes the streams */
     if (f->http)
         evhttp_free(f->http);
+    tp_guard_free(f->guard); /* after evhttp_free: it holds the connections' bufferevents */
     free(f->queue);
     free(f);
 }

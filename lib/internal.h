@@ -44,6 +44,9 @@ void *tp_map_get(const tp_map *m, long long key);
 void *tp_map_del(tp_map *m, long long key);
 /** Removes and returns any one value (NULL when empty), for teardown. */
 void *tp_map_pop(tp_map *m);
+/** Iterates: starts with *pos = 0; returns false at the end. The map must
+ *  not change during the iteration. */
+bool tp_map_next(const tp_map *m, size_t *pos, long long *key, void **val);
 /** Frees the slots; the values are the caller's. */
 void tp_map_clear(tp_map *m);
 

@@ -112,6 +112,18 @@ void *tp_map_pop(tp_map *m) {
     return NULL;
 }
 
+bool tp_map_next(const tp_map *m, size_t *pos, long long *key, void **val) {
+    for (; *pos < m->cap; (*pos)++) {
+        if (m->slots[*pos].key != 0) {
+            *key = m->slots[*pos].key;
+            *val = m->slots[*pos].val;
+            (*pos)++;
+            return true;
+        }
+    }
+    return false;
+}
+
 void tp_map_clear(tp_map *m) {
     free(m->slots);
     memset(m, 0, sizeof *m);

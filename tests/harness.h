@@ -22,7 +22,8 @@ typedef struct tt_redis {
 /**
  * Makes sure redis-server is available: when it is not, exits with 77
  * (meson's "skipped") unless the environment has CI=true, where it fails
- * (exit 1) with a message. Call it at the top of main() of integration tests.
+ * (exit 1) with a message. Also ignores SIGPIPE, as every process that runs
+ * libevent servers must. Call it at the top of main() of integration tests.
  */
 void tt_require_redis(void);
 

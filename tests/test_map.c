@@ -52,6 +52,15 @@ static void test_against_model(void **state) {
         count += (size_t)model[k];
     }
     assert_int_equal(m.len, count);
+    size_t pos = 0, seen = 0;
+    long long key;
+    void *val;
+    while (tp_map_next(&m, &pos, &key, &val)) {
+        assert_true(model[key]);
+        assert_ptr_equal(val, &marks[key]);
+        seen++;
+    }
+    assert_int_equal(seen, count);
     while (tp_map_pop(&m) != NULL)
         count--;
     assert_int_equal(count, 0);

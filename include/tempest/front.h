@@ -2,7 +2,8 @@
 /*
  * The HTTP front: an evhttp server that turns every request into a queued
  * `url` job, keeps the connection open until a worker answers (or streams
- * the answer as a chunked response), and maps failures to HTTP statuses.
+ * the answer as a chunked response), and maps failures to HTTP statuses;
+ * `GET /sub/<channel>` streams a pub/sub channel as Server-Sent Events.
  * Same threading rule as the node: one event_base, not thread-safe.
  */
 #ifndef TEMPEST_FRONT_H
@@ -26,6 +27,31 @@ typedef struct tempest_front_options {
     int max_pending;    /**< requests waiting at once, then 503; 0: 10000 */
     /** Idle read and write timeout of HTTP connections; 0: 60 s. */
     int io_timeout_ms;
+    /** `Access-Control-Allow-Origin` sent with `/sub/` streams (copied);
+     *  NULL: the header is not sent. */
+    const char *cors_origin;
+    /** A comment line `: keep-alive` is written on every `/sub/` stream
+     *  this often, so that proxies keep idle streams and departed clients
+     *  are noticed; 0: 15000. */
+    int sse_keepalive_ms;
+    /** Output cap of one `/sub/` stream: a client whose unsent output passes
+     *  it is dropped (its connection closed) and counted, see
+     *  tempest_front_sse_dropped(); 0: 1 MiB. */
+    size_t sse_max_buffered;
+    /** Concurrent `/sub/` streams, then 503; 0: 10000. */
+    int max_streams;
+    /** Serve every channel from its history stream `{<channel>}:history`
+     *  (kept by publishers with tempest_publisher_options.history): events
+     *  carry `id:`, and a client that reconnects with `Last-Event-ID` first
+     *  gets what it missed (as far as the history reaches back), then the
+     *  live stream, with no gap and no duplicate. false: live only. */
+    bool history;
+    /** A connection must deliver a whole request (line and headers) within
+     *  this time from its start or from the end of its previous response,
+     *  else it is closed and counted (tempest_front_slow_cut()): the defence
+     *  against clients that send a byte at a time (slow loris), which the
+     *  idle io_timeout_ms never catches; 0: 10000. */
+    int header_timeout_ms;
 } tempest_front_options;
 
 /**
@@ -33,7 +59,11 @@ typedef struct tempest_front_options {
  * HTTP address at once and opens the node listener. Requests are answered:
  * with the worker's `[status, headers, body]`; 504 after timeout_ms; 503
  * while Redis is down or max_pending is reached; 413 over max_body; 502 for
- * a malformed answer.
+ * a malformed answer. `GET /sub/<channel>` (the rest of the path,
+ * percent-decoded; the query is ignored) is not a job: it answers 200
+ * `text/event-stream` and streams the channel's pub/sub messages as
+ * Server-Sent Events (README, "Server-Sent Events"); 404 for an empty
+ * channel, 503 past max_streams.
  * Returns NULL with `err` (optional) filled: TEMPEST_EADDR when an address
  * cannot be bound, TEMPEST_EINVAL, TEMPEST_ENOMEM.
  */
@@ -45,6 +75,16 @@ TEMPEST_API int tempest_front_port(const tempest_front *front);
 
 /** Requests waiting for an answer now. */
 TEMPEST_API size_t tempest_front_pending(const tempest_front *front);
+
+/** Server-Sent Events streams (`GET /sub/<channel>`) open now. */
+TEMPEST_API size_t tempest_front_streams(const tempest_front *front);
+
+/** Streams dropped so far because their client was too slow (unsent output
+ *  past sse_max_buffered). */
+TEMPEST_API unsigned long long tempest_front_sse_dropped(const tempest_front *front);
+
+/** Connections closed because they missed header_timeout_ms. */
+TEMPEST_API unsigned long long tempest_front_slow_cut(const tempest_front *front);
 
 /** Frees the front: closes the HTTP server and its connections, and cancels
  *  the jobs of requests still waiting. NULL does nothing. */

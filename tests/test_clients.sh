@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# Real Server-Sent Events clients against the example front: the npm
+# `eventsource` package (tests/clients/eventsource.mjs) and headless Chromium
+# running examples/sub.html, once opened from disk (file://) and once served
+# over HTTP (tests/clients/browser.mjs). It starts a private redis-server and
+# `examples/front --cors '*'`, waits until every client is connected, then
+# publishes with redis-cli a data-only event, a named event and the end of
+# the stream, and checks what each client printed, line for line.
+#
+# Needs redis-server, Node.js >= 18, Debian's chromium and the npm packages of
+# tests/clients (`npm ci`). When something is missing it exits 77 (skip),
+# except with CI=true, where it runs tests/clients/setup.sh to install it.
+# Environment: TEMPEST_BUILD_ROOT (required), TEMPEST_SOURCE_ROOT,
+# TEMPEST_SCREENSHOT=PATH (a PNG of the file:// page at the end).
+set -euo pipefail
+
+src=${TEMPEST_SOURCE_ROOT:-$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)}
+build=${TEMPEST_BUILD_ROOT:?TEMPEST_BUILD_ROOT must name the meson build directory}
+clients=$src/tests/clients
+front_bin=$build/examples/front
+chromium_bin=${TEMPEST_CHROMIUM:-/usr/bin/chromium}
+
+say() { echo "test_clients: $*" >&2; }
+fail() {
+    say "FAIL: $*"
+    exit 1
+}
+
+# ---- prerequisites ------------------------------------------------------------
+
+# What is missing, as a list of words for the message.
+missing_tools() {
+    local m=()
+    command -v node >/dev/null 2>&1 || m+=(node)
+    command -v npm >/dev/null 2>&1 || m+=(npm)
+    if command -v node >/dev/null 2>&1 &&
+        [[ $(node -p 'process.versions.node.split(".")[0]') -lt 18 ]]; then
+        m+=("node>=18")
+    fi
+    [[ -x $chromium_bin ]] || m+=(chromium)
+    [[ -f $clients/node_modules/eventsource/package.json &&
+        -f $clients/node_modules/playwright-core/package.json ]] || m+=(tests/clients/node_modules)
+    echo "${m[*]}"
+}
+
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    [[ ${CI:-} == true ]] && fail "redis-server or redis-cli is not in PATH"
+    say "SKIP: redis-server and redis-cli are needed (apt-get install redis-server)"
+    exit 77
+fi
+missing=$(missing_tools)
+if [[ -n $missing ]]; then
+    if [[ ${CI:-} != true ]]; then
+        say "SKIP: missing $missing."
+        say "Install them with: bash tests/clients/setup.sh   (as root: apt-get install -y" \
+            "chromium nodejs npm, then npm ci in tests/clients)"
+        exit 77
+    fi
+    say "CI=true and missing $missing: running tests/clients/setup.sh"
+    bash "$clients/setup.sh" >&2 || fail "tests/clients/setup.sh failed"
+    missing=$(missing_tools)
+    [[ -z $missing ]] || fail "still missing after setup.sh: $missing"
+fi
+[[ -x $front_bin ]] || fail "$front_bin was not built"
+
+# ---- bookkeeping and cleanup ----------------------------------------------------
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/tempest-clients-XXXXXX")
+pids=() # everything we started, stopped in reverse order on exit
+
+stop() { # SIGTERM, up to 5 s (the browser closes Chromium), then SIGKILL
+    local pid deadline=$((SECONDS + 5))
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do
+        while kill -0 "$pid" 2>/dev/null && [[ $SECONDS -lt $deadline ]]; do sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
+
+cleanup() {
+    local i
+    trap - EXIT INT TERM
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop "${pids[$i]}"; done
+    rm -rf -- "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+show() { # the logs of everything, for a failure
+    local f
+    for f in "$tmp"/*.log "$tmp"/*.out; do
+        [[ -f $f ]] || continue
+        echo "---- ${f##*/}" >&2
+        sed 's/^/    /' "$f" >&2
+    done
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---- redis and the front ---------------------------------------------------------
+
+redis_port=""
+for attempt in 1 2 3 4 5; do
+    port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+    if [[ $port == 6379 ]] || port_in_use "$port"; then continue; fi
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$tmp" --daemonize no --logfile "" >"$tmp/redis.log" 2>&1 </dev/null &
+    pid=$!
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        if [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]]; then
+            redis_port=$port
+            break
+        fi
+        sleep 0.1
+    done
+    if [[ -n $redis_port ]]; then
+        pids+=("$pid")
+        break
+    fi
+    say "redis-server did not start on port $port (attempt $attempt):"
+    sed 's/^/    /' "$tmp/redis.log" >&2
+    stop "$pid"
+done
+[[ -n $redis_port ]] || { show; fail "could not start redis-server"; }
+rcli=(redis-cli -p "$redis_port")
+
+# Port 0: the front picks a free port and prints it in its ready line.
+stdbuf -oL -eL "$front_bin" --redis "redis://127.0.0.1:$redis_port" --http 127.0.0.1:0 \
+    --cors '*' >"$tmp/front.log" 2>&1 </dev/null &
+front_pid=$!
+pids+=("$front_pid")
+http_port=""
+for _ in $(seq 150); do
+    http_port=$(sed -n 's|^front listening on http://127\.0\.0\.1:\([0-9][0-9]*\).*|\1|p' "$tmp/front.log")
+    [[ -z $http_port ]] || break
+    kill -0 "$front_pid" 2>/dev/null || { show; fail "the front exited early"; }
+    sleep 0.1
+done
+[[ -n $http_port ]] || { show; fail "the front printed no ready line in 15 s"; }
+url=http://127.0.0.1:$http_port/sub/test
+say "redis on port $redis_port, front on port $http_port; subscribing to $url"
+
+# ---- the clients --------------------------------------------------------------------
+
+names=(eventsource browser-file browser-http)
+ready=("connected to" "page open" "page open") # what each prints on stderr once connected
+client_pids=()
+cd "$clients"
+node eventsource.mjs --timeout 30 "$url" >"$tmp/eventsource.out" 2>"$tmp/eventsource.log" &
+client_pids+=("$!")
+node browser.mjs --timeout 30 "$url" >"$tmp/browser-file.out" 2>"$tmp/browser-file.log" &
+client_pids+=("$!")
+TEMPEST_SCREENSHOT='' node browser.mjs --serve --timeout 30 "$url" \
+    >"$tmp/browser-http.out" 2>"$tmp/browser-http.log" &
+client_pids+=("$!")
+pids+=("${client_pids[@]}")
+
+# Publishing before a client is connected would lose the message (Redis
+# pub/sub does not replay), so wait for every client's connected line, then
+# for the front's subscription in Redis.
+deadline=$((SECONDS + 25))
+for i in "${!names[@]}"; do
+    until grep -qF -- "${ready[$i]}" "$tmp/${names[$i]}.log"; do
+        kill -0 "${client_pids[$i]}" 2>/dev/null || { show; fail "${names[$i]} exited before connecting"; }
+        [[ $SECONDS -lt $deadline ]] || { show; fail "${names[$i]} did not connect in 25 s"; }
+        sleep 0.1
+    done
+done
+until [[ $("${rcli[@]}" pubsub numsub test | sed -n 2p) -gt 0 ]]; do
+    [[ $SECONDS -lt $deadline ]] || { show; fail "the front never subscribed to 'test' in Redis"; }
+    sleep 0.1
+done
+say "all clients connected; publishing"
+
+# shellcheck disable=SC2016 # $unsubscribe is part of the message
+for message in '["Bob"]' '["greet","hello"]' '["$unsubscribe"]'; do
+    receivers=$("${rcli[@]}" publish test "$message")
+    say "publish test '$message' -> $receivers receiver(s)"
+    [[ $receivers -ge 1 ]] || { show; fail "no receiver for $message"; }
+done
+
+# ---- the checks ---------------------------------------------------------------------
+
+expected=$'message: Bob\ngreet: hello\nend: '
+status=0
+for i in "${!names[@]}"; do
+    rc=0
+    wait "${client_pids[$i]}" || rc=$?
+    got=$(cat "$tmp/${names[$i]}.out")
+    echo "== ${names[$i]} (exit $rc):"
+    sed 's/^/    /' "$tmp/${names[$i]}.out"
+    if [[ $rc -ne 0 || $got != "$expected" ]]; then
+        say "FAIL: ${names[$i]} exited $rc; expected:"
+        printf '%s\n' "$expected" | sed 's/^/    /' >&2
+        status=1
+    fi
+done
+if [[ $status -ne 0 ]]; then
+    show
+    exit 1
+fi
+echo "ok: eventsource, Chromium (file://) and Chromium (http://) each received message: Bob, greet: hello, end"
