@@ -433,7 +433,6 @@ static void test_listener_answers(void **state) {
     assert_string_equal(r.answers[0], "\"done\"");
 }
 
-
 /* Two final answers arrive in one read; the first one's callback cancels
  * the second job, whose answer is already queued: it must never arrive. */
 typedef struct two_answers {
@@ -531,13 +530,21 @@ static void test_cancel(void **state) {
 int main(void) {
     tt_require_redis();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),        cmocka_unit_test(test_streamed_answers),
-        cmocka_unit_test(test_timeout_keeps_job), cmocka_unit_test(test_late_worker),
-        cmocka_unit_test(test_no_handler),        cmocka_unit_test(test_dead_letters),
-        cmocka_unit_test(test_fire_and_forget),   cmocka_unit_test(test_concurrency),
-        cmocka_unit_test(test_many_workers),      cmocka_unit_test(test_loop_and_stop),
-        cmocka_unit_test(test_free_in_handler),   cmocka_unit_test(test_listener_answers),
-        cmocka_unit_test(test_bad_arguments),     cmocka_unit_test(test_cancel), cmocka_unit_test(test_cancel_queued_final_answer),
+        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_streamed_answers),
+        cmocka_unit_test(test_timeout_keeps_job),
+        cmocka_unit_test(test_late_worker),
+        cmocka_unit_test(test_no_handler),
+        cmocka_unit_test(test_dead_letters),
+        cmocka_unit_test(test_fire_and_forget),
+        cmocka_unit_test(test_concurrency),
+        cmocka_unit_test(test_many_workers),
+        cmocka_unit_test(test_loop_and_stop),
+        cmocka_unit_test(test_free_in_handler),
+        cmocka_unit_test(test_listener_answers),
+        cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_cancel_queued_final_answer),
     };
     return cmocka_run_group_tests_name("queue", tests, setup, teardown);
 }
