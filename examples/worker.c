@@ -65,6 +65,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "worker: %s\n", worker ? "out of memory" : err.message);
         return 1;
     }
+    if (tempest_worker_start(worker) != 0) { /* signals are handled from here on */
+        fprintf(stderr, "worker: cannot start\n");
+        return 1;
+    }
     printf("worker ready on queue %s\n", wo.queue ? wo.queue : "tempest");
     fflush(stdout);
     int rc = tempest_worker_loop(worker);

@@ -86,6 +86,9 @@ struct tempest_worker {
     struct event *grace;                     /* requeue the jobs still in hand at stop */
     struct event *ack_ev;                    /* flushes the ack batches after this loop turn */
     struct ack_batch *acks_sent, *acks_last; /* sent, awaiting Redis, in order */
+    struct settle *settles;                  /* final answers awaiting the producer's reply */
+    int recovering;                          /* processing lists being checked after a reconnect */
+    bool was_up;                             /* the take connection was up before */
     struct event *signals[2];
     bool started, stopping, taking, last_empty, leaving, finished, flush_expired;
     int depth;
@@ -95,6 +98,7 @@ struct tempest_worker {
 static void maybe_take(tempest_worker *w);
 static void destroy(tempest_worker *w);
 static void check_finished(tempest_worker *w);
+static void signals_set(tempest_worker *w, bool on);
 
 /* ---- callbacks guard ------------------------------------------------- */
 
@@ -305,6 +309,7 @@ static void requeue(tempest_job *job) {
 /* ---- stop ------------------------------------------------------------ */
 
 static void finished(tempest_worker *w) {
+    signals_set(w, false);
     w->leaving = false;
     w->finished = true;
     evtimer_del(w->heartbeat);
@@ -431,6 +436,8 @@ static void on_peer_disconnect(const redisAsyncContext *ac, int status) {
  * producer's listener has replied to it, so a worker that dies first
  * leaves the job in its processing list for the reaper. */
 typedef struct settle {
+    struct settle *prev, *next; /* the worker's settlements, while linked */
+    bool linked;
     tempest_node *node; /* outlives the worker: find it by serial */
     long long serial;
     int queue;
@@ -438,8 +445,22 @@ typedef struct settle {
     size_t len;
 } settle;
 
+static void settle_unlink(settle *st) {
+    if (!st->linked)
+        return;
+    tempest_worker *w = tp_map_get(&st->node->workers, st->serial);
+    if (st->prev)
+        st->prev->next = st->next;
+    else if (w)
+        w->settles = st->next;
+    if (st->next)
+        st->next->prev = st->prev;
+    st->linked = false;
+}
+
 static void settle_free(settle *st) {
     if (st) {
+        settle_unlink(st);
         free(st->raw);
         free(st);
     }
@@ -472,6 +493,7 @@ static void on_peer_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     if (rep->type == REDIS_REPLY_ERROR)
         tp_log(&p->w->node->log, TEMPEST_LOG_WARN, "%s refused an answer: %s", p->addr, rep->str);
     if (st) {
+        settle_unlink(st);
         ack_raw(p->w, st->queue, st->raw, st->len); /* refused or not, the job was handled */
         st->raw = NULL;
         settle_free(st);
@@ -569,6 +591,11 @@ static int send_final(tempest_job *job, const char *payload, size_t len) {
     int rc = send_answer(job, payload, len, NULL, st);
     if (rc == 0) {
         job->raw = NULL; /* the settlement owns it now */
+        st->next = w->settles;
+        if (w->settles)
+            w->settles->prev = st;
+        w->settles = st;
+        st->linked = true;
     } else {
         free(st);
         retry_raw(w, job->queue, job->raw, job->raw_len, "cannot reach the producer");
@@ -897,7 +924,7 @@ static int take_blocking(tempest_worker *w) {
 
 static void maybe_take(tempest_worker *w) {
     int room = w->concurrency - w->in_hand;
-    if (!w->started || w->stopping || w->taking || w->freeing || room <= 0 ||
+    if (!w->started || w->stopping || w->taking || w->freeing || room <= 0 || w->recovering > 0 ||
         evtimer_pending(w->retry, NULL) || tp_redis_state(w->redis) != TEMPEST_NODE_UP)
         return;
     if ((w->last_empty ? take_blocking(w) : take_batch(w, room)) == 0)
@@ -949,16 +976,80 @@ static void on_reap(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
+static bool same(const char *a, size_t alen, const char *b, size_t blen) {
+    return a && alen == blen && memcmp(a, b, alen) == 0;
+}
+
+/* Whether this worker holds the job `raw` of queue `qi` in any form: in
+ * hand, awaiting the producer's reply, or awaiting its ack. */
+static bool held(const tempest_worker *w, int qi, const char *raw, size_t len) {
+    for (const tempest_job *j = w->jobs; j; j = j->next)
+        if (j->queue == qi && same(j->raw, j->raw_len, raw, len))
+            return true;
+    for (const settle *st = w->settles; st; st = st->next)
+        if (st->queue == qi && same(st->raw, st->len, raw, len))
+            return true;
+    const wqueue *q = &w->queues[qi];
+    for (int i = 0; i < q->nacks; i++)
+        if (same(q->acks[i], q->ack_lens[i], raw, len))
+            return true;
+    for (const ack_batch *b = w->acks_sent; b; b = b->next)
+        for (int i = 0; b->queue == qi && i < b->n; i++)
+            if (same(b->raws[i], b->lens[i], raw, len))
+                return true;
+    return false;
+}
+
+/* A take whose reply was lost with the connection moved jobs that this
+ * worker never saw: they sit in its processing list. Requeue them (at the
+ * head) before taking again. */
+static void on_recover(redisAsyncContext *ac, void *reply, void *privdata) {
+    tp_redis *r = tp_redis_from(ac);
+    redisReply *rep = reply;
+    if (r == NULL)
+        return;
+    tempest_worker *w = tp_redis_owner(r);
+    int qi = (int)(intptr_t)privdata;
+    wqueue *q = &w->queues[qi];
+    int n = 0;
+    for (size_t i = 0; rep && rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
+        redisReply *e = rep->element[i];
+        if (e->type != REDIS_REPLY_STRING || held(w, qi, e->str, e->len))
+            continue;
+        const char *argv[] = {q->processing, q->name, e->str};
+        size_t lens[] = {strlen(q->processing), strlen(q->name), e->len};
+        if (tp_redis_script(w->redis, NULL, NULL, TP_SCRIPT_REQUEUE, 2, 3, argv, lens) == 0)
+            n++;
+    }
+    if (n > 0)
+        tp_log(&w->node->log, TEMPEST_LOG_WARN,
+               "%d jobs of %s taken while the connection was lost: requeued", n, q->name);
+    if (--w->recovering == 0)
+        maybe_take(w);
+}
+
+static void recover(tempest_worker *w) {
+    for (int i = 0; i < w->nqueues; i++)
+        if (tp_redis_cmd(w->redis, on_recover, (void *)(intptr_t)i, "LRANGE %s 0 -1",
+                         w->queues[i].processing) == 0)
+            w->recovering++;
+}
+
 static void on_redis_state(tp_redis *r, int state, const char *reason, void *arg) {
     (void)r;
     (void)reason;
     tempest_worker *w = arg;
     w->taking = false;
     w->last_empty = false; /* the first take after a reconnect is a batch */
-    if (state == TEMPEST_NODE_UP)
-        maybe_take(w);
-    else
+    if (state != TEMPEST_NODE_UP) {
+        w->recovering = 0;
         check_finished(w);
+        return;
+    }
+    if (w->was_up)
+        recover(w);
+    w->was_up = true;
+    maybe_take(w);
 }
 
 /* ---- life cycle ------------------------------------------------------ */
@@ -1141,6 +1232,10 @@ TEMPEST_API int tempest_worker_start(tempest_worker *w) {
             return TEMPEST_ENOMEM;
     }
     start_timers(w);
+    if (w->handle_signals) {
+        signals_set(w, true);
+        signal(SIGPIPE, SIG_IGN); /* a producer that resets must not kill us */
+    }
     tp_log(&w->node->log, TEMPEST_LOG_INFO, "worker %s taking jobs from %s%s", w->wid,
            w->queues[0].name, w->nqueues > 1 ? " and more" : "");
     maybe_take(w);
@@ -1175,10 +1270,6 @@ TEMPEST_API int tempest_worker_loop(tempest_worker *w) {
         int rc = tempest_worker_start(w);
         if (rc != 0)
             return rc;
-    }
-    if (w->handle_signals) {
-        signals_set(w, true);
-        signal(SIGPIPE, SIG_IGN); /* a producer that resets must not kill us */
     }
     w->depth++; /* a free inside the loop is finished below */
     int rc = 0;
@@ -1246,6 +1337,9 @@ static void destroy(tempest_worker *w) {
         abandon_all(w);
     while (w->jobs)
         job_free(w->jobs);
+    for (settle *st = w->settles; st; st = st->next)
+        st->linked = false; /* freed by their reply callbacks, below or later */
+    w->settles = NULL;
     free_peers(w);
     while (w->acks_sent) {
         ack_batch *b = w->acks_sent;

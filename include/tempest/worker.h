@@ -51,10 +51,11 @@ typedef struct tempest_worker_options {
      *  `{"job":..., "reason":..., "queue":..., "at": <ms>}`;
      *  NULL: "{<queue>}:dead". */
     const char *dead_letter;
-    /** tempest_worker_loop() stops the worker on SIGINT and SIGTERM, and
-     *  sets SIGPIPE to be ignored (process-wide; a peer that resets a
-     *  connection would otherwise kill the process). Without this option,
-     *  ignore SIGPIPE yourself, as every libevent server must. */
+    /** From tempest_worker_start() (or tempest_worker_loop()) until the
+     *  worker has stopped, SIGINT and SIGTERM stop it gracefully; SIGPIPE is
+     *  set to be ignored (process-wide: a peer that resets a connection
+     *  would otherwise kill the process). Without this option, ignore
+     *  SIGPIPE yourself, as every libevent server must. */
     bool handle_signals;
     /** Several queues in strict priority order, highest first, NULL-
      *  terminated (at most 15); overrides `queue`. When all are empty the
