@@ -129,7 +129,7 @@ done
 rcli=(redis-cli -p "$redis_port")
 
 # Port 0: the front picks a free port and prints it in its ready line.
-stdbuf -oL -eL "$front_bin" --redis "redis://127.0.0.1:$redis_port" --http 127.0.0.1:0 \
+"$front_bin" --redis "redis://127.0.0.1:$redis_port" --http 127.0.0.1:0 \
     --cors '*' >"$tmp/front.log" 2>&1 </dev/null &
 front_pid=$!
 pids+=("$front_pid")
