@@ -84,13 +84,7 @@ static void on_client_close(struct evhttp_connection *evcon, void *arg) {
 static void on_peek(evutil_socket_t fd, short what, void *arg) {
     (void)what;
     front_req *fr = arg;
-    char c;
-    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n > 0) {
-        event_del(fr->peek);
-        return;
-    }
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+    if (!tp_client_gone(fd, fr->peek))
         return;
     struct evhttp_connection *evcon = fr->evcon;
     tp_log(&fr->front->node->log, TEMPEST_LOG_DEBUG, "front: client left, job %lld cancelled",

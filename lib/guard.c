@@ -7,6 +7,7 @@
  * before dropping its reference. A connection past its deadline is shut down at
  * the socket; evhttp then sees the end of file and frees it itself.
  */
+#include <errno.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
@@ -112,6 +113,16 @@ void tp_guard_request(tp_guard *g, struct evhttp_request *req) {
         return;
     c->busy = true;
     evhttp_request_set_on_complete_cb(req, on_complete, c);
+}
+
+bool tp_client_gone(int fd, struct event *watcher) {
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) {
+        event_del(watcher);
+        return false;
+    }
+    return n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
 size_t tp_guard_cut(const tp_guard *g) {

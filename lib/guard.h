@@ -9,8 +9,10 @@
 #ifndef TEMPEST_GUARD_H
 #define TEMPEST_GUARD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
+struct event;
 struct event_base;
 struct evhttp;
 struct evhttp_request;
@@ -27,6 +29,15 @@ void tp_guard_request(tp_guard *g, struct evhttp_request *req);
 
 /** Connections cut for missing their deadline so far. */
 size_t tp_guard_cut(const tp_guard *g);
+
+/**
+ * For a connection whose reply is pending (evhttp does not read it then, so
+ * it would notice a departed client only at its next write): peeks at the
+ * socket. Returns true when the client is gone (end of file or an error).
+ * On data (a pipelined request, left for evhttp) it stops `watcher` and
+ * returns false; on nothing to read, false.
+ */
+bool tp_client_gone(int fd, struct event *watcher);
 
 /** Frees the guard; call after evhttp_free(). NULL does nothing. */
 void tp_guard_free(tp_guard *g);

@@ -39,6 +39,7 @@
 
 #include <tempest/pubsub.h>
 
+#include "guard.h"
 #include "node.h"
 #include "sse.h"
 
@@ -918,13 +919,7 @@ static void on_close(struct evhttp_connection *evcon, void *arg) {
 static void on_peek(evutil_socket_t fd, short what, void *arg) {
     (void)what;
     sse_stream *st = arg;
-    char c;
-    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n > 0) {
-        event_del(st->peek);
-        return;
-    }
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+    if (!tp_client_gone(fd, st->peek))
         return;
     tp_log(&st->s->node->log, TEMPEST_LOG_DEBUG, "sse: a client of '%s' left", st->ch->name);
     stream_close(st);
