@@ -396,7 +396,12 @@ static void child_kill(child *c) {
 
 static bool child_alive(const child *c) {
     int status;
-    return c->pid > 0 && waitpid(c->pid, &status, WNOHANG) == 0;
+    pid_t r = c->pid > 0 ? waitpid(c->pid, &status, WNOHANG) : -1;
+    if (r == c->pid) /* say how it died, for the log */
+        print_message("child %d ended: %s %d\n", (int)c->pid,
+                      WIFSIGNALED(status) ? "signal" : "exit status",
+                      WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+    return r == 0;
 }
 
 /* SIGTERM (a graceful stop), then the exit status; -1 when it had to be

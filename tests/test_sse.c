@@ -1177,6 +1177,10 @@ static bool pair_ended(void *arg) {
 
 /* One run: a history front, a live and a resuming stream, messages, the
  * end; the `at`th allocation of the library (and jansson) fails. */
+static bool node_subscribed(void *arg) {
+    return tempest_node_subscriptions(arg) >= 1;
+}
+
 static void chaos_run(fx *f, long at) {
     tempest_node_options no = {.redis_url = g_redis.url, .log = on_log};
     f->node = tempest_node_new(f->base, &no, NULL);
@@ -1191,6 +1195,9 @@ static void chaos_run(fx *f, long at) {
         pair p = {client_open(f, "/sub/c", 1, NULL),
                   client_open(f, "/sub/c", 1, "Last-Event-ID: 0-1\r\n")};
         tt_run_until(f->base, pair_answered, &p, 1000);
+        /* headers go out before Redis confirms the SUBSCRIBE: wait for it,
+         * since a plain PUBLISH before that reaches nobody */
+        tt_run_until(f->base, node_subscribed, f->node, 1000);
         tt_run_for(f->base, 5);
         (void)tempest_publish(f->pub, "c", NULL, "one", NULL, NULL);
         plain_publish("c", "[\"two\"]");
