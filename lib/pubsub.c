@@ -26,6 +26,7 @@ typedef struct chan {
     size_t len;
     bool pattern;
     bool in_redis;      /* SUBSCRIBE sent on the current connection */
+    bool confirmed;     /* ... and Redis confirmed it */
     bool unsubscribing; /* UNSUBSCRIBE sent, confirmation not yet seen */
     tempest_subscriber **subs;
     size_t nsubs, cap;
@@ -135,7 +136,7 @@ static void sync_chan(tp_pubsub *ps, chan *c) {
     if (c->nsubs > 0 && !c->in_redis && send_sub(ps, c, true) == 0) {
         c->in_redis = true;
     } else if (c->nsubs == 0 && c->in_redis && send_sub(ps, c, false) == 0) {
-        c->in_redis = false;
+        c->in_redis = c->confirmed = false;
         c->unsubscribing = true;
     } else if (c->nsubs == 0 && !c->in_redis) {
         chan_remove(ps, c);
@@ -213,6 +214,12 @@ static void on_message(redisAsyncContext *ac, void *reply, void *privdata) {
         chan *c = chan_get(ps, e[1]->str, e[1]->len, true);
         if (c)
             dispatch(ps, c, e[2]->str, e[3]->str, e[3]->len);
+    } else if (strcasecmp(type, "subscribe") == 0 || strcasecmp(type, "psubscribe") == 0) {
+        chan *c = e[1]->type == REDIS_REPLY_STRING
+                      ? chan_get(ps, e[1]->str, e[1]->len, type[0] == 'p' || type[0] == 'P')
+                      : NULL;
+        if (c && c->in_redis)
+            c->confirmed = true;
     } else if (strcasecmp(type, "unsubscribe") == 0 || strcasecmp(type, "punsubscribe") == 0) {
         if (e[1]->type == REDIS_REPLY_STRING)
             unsubscribed(ps, e[1], type[0] == 'p' || type[0] == 'P');
@@ -264,7 +271,7 @@ static void on_state(tp_redis *r, int state, const char *reason, void *arg) {
     if (state != TEMPEST_NODE_UP) {
         for (size_t i = 0; i < ps->nbuckets; i++)
             for (chan *c = ps->buckets[i]; c; c = c->next)
-                c->in_redis = c->unsubscribing = false;
+                c->in_redis = c->confirmed = c->unsubscribing = false;
         return;
     }
     for (size_t i = 0; i < ps->nbuckets; i++) {
@@ -316,7 +323,7 @@ TEMPEST_API size_t tempest_node_subscriptions(const tempest_node *node) {
     tp_pubsub *ps = node ? node->pubsub : NULL;
     for (size_t i = 0; ps && i < ps->nbuckets; i++)
         for (chan *c = ps->buckets[i]; c; c = c->next)
-            n += c->in_redis;
+            n += c->confirmed;
     return n;
 }
 

@@ -118,7 +118,8 @@ TEMPEST_API int tempest_unsubscribe(tempest_subscriber *sub, const char *channel
 TEMPEST_API void tempest_subscriber_free(tempest_subscriber *sub);
 
 /** Number of distinct channels and patterns the node is subscribed to in
- *  Redis (for tests and monitors). */
+ *  Redis: SUBSCRIBE (or PSUBSCRIBE) sent and confirmed on the current
+ *  connection. For tests and monitors. */
 TEMPEST_API size_t tempest_node_subscriptions(const tempest_node *node);
 
 #ifdef __cplusplus
