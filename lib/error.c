@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Error codes to text, and the small helpers that fill a tempest_error and
- * format log lines. Every string tempest_strerror returns is a literal.
+ * format log lines, and the rule for names. Every string tempest_strerror returns is a literal.
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -62,4 +63,14 @@ void tp_log(const tp_logger *lg, int level, const char *fmt, ...) {
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     lg->fn(level, line, lg->arg);
+}
+
+bool tp_name_valid(const char *s) {
+    size_t n = s != NULL ? strlen(s) : 0;
+    if (n == 0 || n > 200 || strcmp(s, "*") == 0)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] <= ' ' || s[i] == 127)
+            return false;
+    return true;
 }

@@ -14,6 +14,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 
 #include "guard.h"
 #include "node.h"
+#include "presence.h"
 #include "sse.h"
 
 typedef struct front_req {
@@ -45,6 +47,10 @@ struct tempest_front {
     front_req *reqs;
     tp_sse *sse;     /* GET /sub/<channel> */
     tp_guard *guard; /* header deadline (slow clients) */
+    /* counters for the presence record */
+    uint64_t requests; /* HTTP requests received, streams included */
+    uint64_t errors;   /* answered 5xx by the front itself (502, 503, 504) */
+    bool joined;       /* in the node's presence */
 };
 
 /* ---- request bookkeeping --------------------------------------------- */
@@ -165,6 +171,7 @@ static bool apply_answer(front_req *fr, int status, json_t *answer) {
     tp_http_answer a;
     if (tp_http_answer_parse(answer, !fr->started, &a, err, sizeof err) != 0) {
         tp_log(&fr->front->node->log, TEMPEST_LOG_WARN, "front: job %lld: %s", fr->job, err);
+        fr->front->errors++;
         if (fr->started)
             evhttp_send_reply_end(fr->req);
         else
@@ -196,6 +203,7 @@ static bool apply_answer(front_req *fr, int status, json_t *answer) {
 
 static void reply_failure(front_req *fr, int status, json_t *answer) {
     char text[300];
+    fr->front->errors++;
     if (fr->started) {
         evhttp_send_reply_end(fr->req);
         return;
@@ -300,14 +308,17 @@ static void on_request(struct evhttp_request *req, void *arg) {
     tempest_front *f = arg;
     char err[256];
     tp_guard_request(f->guard, req);
+    f->requests++;
     if (tp_sse_handle(f->sse, req))
         return;
     if (f->pending >= (size_t)f->max_pending) {
+        f->errors++;
         reply_text(req, 503, "tempest: too many requests waiting");
         return;
     }
     front_req *fr = tp_calloc(1, sizeof *fr);
     if (fr == NULL) {
+        f->errors++;
         reply_text(req, 503, "tempest: out of memory");
         return;
     }
@@ -315,6 +326,7 @@ static void on_request(struct evhttp_request *req, void *arg) {
     int rc = submit(f, fr, err, sizeof err);
     if (rc != 0) {
         free(fr);
+        f->errors += rc != TEMPEST_EPROTO;
         reply_text(req, rc == TEMPEST_EPROTO ? 400 : 503, err);
         return;
     }
@@ -329,6 +341,17 @@ static void on_request(struct evhttp_request *req, void *arg) {
 }
 
 /* ---- life cycle ------------------------------------------------------ */
+
+static void describe(void *owner, json_t *record) {
+    tempest_front *f = owner;
+    tp_presence_add_role(record, "front");
+    tp_presence_add_item(record, "queues", json_pack("{s:s}", "name", f->queue));
+    tp_presence_add_count(record, "front", "requests", f->requests);
+    tp_presence_add_count(record, "front", "in_flight", f->pending);
+    tp_presence_add_count(record, "front", "errors", f->errors);
+    tp_presence_add_count(record, "front", "streams", tp_sse_streams(f->sse));
+    tp_presence_add_count(record, "front", "sse_dropped", tp_sse_dropped(f->sse));
+}
 
 static int bind_http(tempest_front *f, const char *addr, tempest_error *err) {
     char msg[200], *host = NULL;
@@ -393,6 +416,9 @@ tempest_front_new(tempest_node *node, const tempest_front_options *options, temp
         tp_error_set(err, TEMPEST_EADDR, "%s", node->errstr);
         goto fail;
     }
+    if (tp_presence_join(node, f, describe, NULL, 0) != 0)
+        goto nomem;
+    f->joined = true;
     return f;
 nomem:
     tp_error_set(err, TEMPEST_ENOMEM, "out of memory");
@@ -424,6 +450,8 @@ TEMPEST_API unsigned long long tempest_front_slow_cut(const tempest_front *f) {
 TEMPEST_API void tempest_front_free(tempest_front *f) {
     if (f == NULL)
         return;
+    if (f->joined)
+        tp_presence_leave(f->node, f);
     while (f->reqs) {
         front_req *fr = f->reqs;
         tempest_work_cancel(f->node, fr->job);

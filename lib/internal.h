@@ -50,6 +50,10 @@ bool tp_map_next(const tp_map *m, size_t *pos, long long *key, void **val);
 /** Frees the slots; the values are the caller's. */
 void tp_map_clear(tp_map *m);
 
+/** A service or namespace name: 1 to 200 bytes, no blank or control
+ *  character, not "*" (lib/error.c). */
+bool tp_name_valid(const char *s);
+
 /* Allocation wrappers (lib/alloc.c); release with free(). */
 void *tp_malloc(size_t size);
 void *tp_calloc(size_t n, size_t size);

@@ -14,8 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "node.h"
+#include "presence.h"
 #include "rpc.h"
 
 static const char *default_url = "redis://127.0.0.1:6379";
@@ -25,6 +27,15 @@ void tp_node_errorf(tempest_node *node, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(node->errstr, sizeof node->errstr, fmt, ap);
     va_end(ap);
+}
+
+void tp_node_log_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    tp_redis *r = tp_redis_from(ac);
+    redisReply *rep = reply;
+    if (r == NULL || rep == NULL || rep->type != REDIS_REPLY_ERROR)
+        return;
+    tempest_node *node = tp_redis_owner(r);
+    tp_log(&node->log, TEMPEST_LOG_WARN, "%s: %s", (const char *)privdata, rep->str);
 }
 
 /* ---- deliveries ------------------------------------------------------ */
@@ -217,6 +228,7 @@ int tp_node_ensure_listener(tempest_node *node) {
         node->listener = NULL;
         return TEMPEST_ENOMEM;
     }
+    tp_presence_kick(node); /* the record's address */
     tp_log(&node->log, TEMPEST_LOG_INFO, "node listener on %s:%d, advertised as %s%s",
            node->listen_host, port, node->address, node->secret ? " (AUTH required)" : "");
     if (node->secret == NULL && !tp_host_is_loopback(node->listen_host)) {
@@ -248,6 +260,7 @@ static void on_id(redisAsyncContext *ac, void *reply, void *privdata) {
     if (rep->type == REDIS_REPLY_INTEGER && node->id == 0) {
         node->id = rep->integer;
         tp_log(&node->log, TEMPEST_LOG_INFO, "node id %lld", node->id);
+        tp_presence_kick(node);
     } else if (rep->type == REDIS_REPLY_ERROR) {
         tp_log(&node->log, TEMPEST_LOG_ERROR, "INCR cluster.ids: %s", rep->str);
     }
@@ -257,9 +270,10 @@ static void on_redis_state(tp_redis *r, int state, const char *reason, void *arg
     tempest_node *node = arg;
     if (state == TEMPEST_NODE_UP && node->id == 0)
         tp_redis_cmd(r, on_id, NULL, "INCR cluster.ids");
-    if (state == TEMPEST_NODE_UP)
+    if (state == TEMPEST_NODE_UP) {
         tp_log(&node->log, TEMPEST_LOG_INFO, "redis connection up");
-    else if (reason)
+        tp_presence_kick(node);
+    } else if (reason)
         tp_node_errorf(node, "redis: %s", reason);
     if (node->on_state == NULL)
         return;
@@ -331,6 +345,27 @@ static int setup_loop(tempest_node *node, struct event_base *base) {
 
 static void destroy(tempest_node *node);
 
+static int copy_presence(tempest_node *node, const tempest_node_options *o, tempest_error *err) {
+    const char *ns = o->namespace ? o->namespace : "default";
+    if (!tp_name_valid(ns) || o->heartbeat_ms < 0 || o->presence_ttl_ms < 0) {
+        tp_error_set(err, TEMPEST_EINVAL,
+                     "node: invalid namespace, heartbeat_ms or presence_ttl_ms");
+        return TEMPEST_EINVAL;
+    }
+    node->heartbeat_ms = o->heartbeat_ms > 0 ? o->heartbeat_ms : 1000;
+    node->presence_ttl_ms = o->presence_ttl_ms > 0 ? o->presence_ttl_ms : 5000;
+    if (node->presence_ttl_ms < 2 * node->heartbeat_ms)
+        node->presence_ttl_ms = 2 * node->heartbeat_ms;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    node->started_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    if ((node->ns = tp_strdup(ns)) == NULL) {
+        tp_error_set(err, TEMPEST_ENOMEM, "out of memory");
+        return TEMPEST_ENOMEM;
+    }
+    return 0;
+}
+
 TEMPEST_API tempest_node *
 tempest_node_new(struct event_base *base, const tempest_node_options *options, tempest_error *err) {
     static const tempest_node_options defaults;
@@ -341,6 +376,8 @@ tempest_node_new(struct event_base *base, const tempest_node_options *options, t
         return NULL;
     }
     copy_options(node, o);
+    if (copy_presence(node, o, err) != 0)
+        goto fail;
     if (parse_url(node, o->redis_url, err) != 0 || parse_listen(node, o->listen, err) != 0)
         goto fail;
     if (o->advertise && (node->advertise_opt = tp_strdup(o->advertise)) == NULL)
@@ -382,6 +419,7 @@ static void destroy(tempest_node *node) {
     node->depth++; /* callbacks run by cancel_all cannot free it again */
     cancel_all(node);
     tp_rpc_node_free(node);
+    tp_presence_free(node);
     tp_listener_free(node->listener);
     tp_redis_free(node->redis);
     tp_map_clear(&node->pending);
@@ -396,6 +434,7 @@ static void destroy(tempest_node *node) {
     free(node->listen_host);
     free(node->advertise_opt);
     free(node->address);
+    free(node->ns);
     if (node->secret)
         explicit_bzero(node->secret, strlen(node->secret));
     free(node->secret);
@@ -433,6 +472,10 @@ TEMPEST_API long long tempest_node_id(const tempest_node *node) {
 
 TEMPEST_API const char *tempest_node_address(const tempest_node *node) {
     return node ? node->address : NULL;
+}
+
+TEMPEST_API const char *tempest_node_namespace(const tempest_node *node) {
+    return node ? node->ns : "";
 }
 
 TEMPEST_API const char *tempest_node_errstr(const tempest_node *node) {

@@ -10,6 +10,7 @@
 #define TEMPEST_NODE_PRIV_H
 
 #include <jansson.h>
+#include <stdint.h>
 #include <tempest/tempest.h>
 
 #include "codec.h"
@@ -72,6 +73,13 @@ struct tempest_node {
     long long next_publication;
     struct tp_pubsub *pubsub; /* the subscribe connection, once needed */
     struct tp_rpc *rpc;       /* responders and direct calls (lib/rpc.c), once needed */
+    /* presence (lib/presence.c) */
+    char *ns;
+    int heartbeat_ms, presence_ttl_ms;
+    uint64_t started_ms; /* CLOCK_MONOTONIC, for the record's uptime */
+    struct tp_presence *presence;
+    uint64_t jobs_sent; /* tempest_work calls that queued a job */
+    bool producing;     /* joined the presence as a producer */
     int depth;
     bool freeing;
     char errstr[256];
@@ -91,6 +99,11 @@ void tp_node_finish(tempest_node *node, tp_pending *job);
 /** Frees the node's subscribe connection and channel table (node.c's
  *  destroy calls it; subscribers must be freed first). */
 void tp_pubsub_free(struct tp_pubsub *ps);
+
+/** A reply callback for commands on the node's connection whose only
+ *  outcome of interest is an error: logs it as a warning, prefixed with
+ *  `privdata` (a static string). */
+void tp_node_log_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
 /** Sets the node's last error text. */
 void tp_node_errorf(tempest_node *node, const char *fmt, ...) TP_PRINTF(2, 3);

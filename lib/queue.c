@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "node.h"
+#include "presence.h"
 
 /* The RPUSH reply: only a failure matters, and only while still waiting. */
 static void on_pushed(redisAsyncContext *ac, void *reply, void *privdata) {
@@ -114,6 +115,8 @@ TEMPEST_API long long tempest_work(tempest_node *node, const char *queue, const 
         tp_node_finish(node, p);
         free(p);
     }
+    if (rc == 0)
+        tp_presence_produced(node);
     return rc != 0 ? rc : id;
 }
 

@@ -255,6 +255,12 @@ void tp_redis_free(tp_redis *r) {
     free(r);
 }
 
+void tp_redis_flush(tp_redis *r) {
+    int done = 0;
+    if (r != NULL && r->ac != NULL && r->state == TEMPEST_NODE_UP)
+        redisBufferWrite(&r->ac->c, &done);
+}
+
 int tp_redis_argv(tp_redis *r, redisCallbackFn *fn, void *privdata, int argc, const char **argv,
                   const size_t *argvlen) {
     if (r->state != TEMPEST_NODE_UP || r->ac == NULL)

@@ -46,6 +46,11 @@ tp_redis *tp_redis_new(struct event_base *base, const tp_redis_url *url,
 /** Frees the connection; pending callbacks see tp_redis_from() == NULL. */
 void tp_redis_free(tp_redis *r);
 
+/** Writes what is queued on the connection now, without waiting (the
+ *  socket is non-blocking): the last commands of an owner about to free
+ *  it. Replies are not read. */
+void tp_redis_flush(tp_redis *r);
+
 /** The `arg` given to tp_redis_new (the owner). */
 void *tp_redis_owner(const tp_redis *r);
 

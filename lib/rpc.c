@@ -5,7 +5,7 @@
  * deferred to a listener slot, and the handler runs from the responder's
  * own event (never inside the listener) and completes the slot, at once or
  * later. The responder keeps `address -> expiry` in the Redis sorted set
- * `tempest:<ns>:svc:<service>` with a heartbeat (expiries use Redis's
+ * `tempest:<ns>:svc:<service>`, refreshed on its node's presence beat (expiries use Redis's
  * clock, so node clocks do not matter) and announces joins and leaves on
  * `tempest:<ns>:svc:<service>:events`.
  *
@@ -32,6 +32,7 @@
 #include <tempest/rpc.h>
 
 #include "node.h"
+#include "presence.h"
 #include "rpc.h"
 
 enum {
@@ -41,11 +42,9 @@ enum {
     DEFAULT_MAX_QUEUED = 1000,
     DEFAULT_REFRESH_MS = 1000,
     EARLY_POLL_MS = 50, /* registry reads until the first one succeeds */
-    NAME_MAX_LEN = 200,
     CODE_MAX_LEN = 64,
 };
 
-static const char default_ns[] = "default";
 static const struct timeval zero_tv = {0, 0}; /* a timer for the next turn of the loop */
 
 /* ---- registry scripts ------------------------------------------------ */
@@ -95,34 +94,12 @@ static tp_rpc *rpc_of(tempest_node *node) {
     return node->rpc;
 }
 
-/* 1 to NAME_MAX_LEN bytes, no blank or control character, not "*". */
-static bool valid_name(const char *s) {
-    size_t n = s != NULL ? strlen(s) : 0;
-    if (n == 0 || n > NAME_MAX_LEN || strcmp(s, "*") == 0)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] <= ' ' || s[i] == 127)
-            return false;
-    return true;
-}
-
 static char *joinf(const char *fmt, const char *a, const char *b) {
     size_t n = strlen(fmt) + strlen(a) + strlen(b);
     char *s = tp_malloc(n);
     if (s != NULL)
         snprintf(s, n, fmt, a, b);
     return s;
-}
-
-/* Logs a failed registry command; the replies carry no handle. */
-static void on_registry_reply(redisAsyncContext *ac, void *reply, void *privdata) {
-    (void)privdata;
-    tp_redis *r = tp_redis_from(ac);
-    redisReply *rep = reply;
-    if (r == NULL || rep == NULL || rep->type != REDIS_REPLY_ERROR)
-        return;
-    tempest_node *node = tp_redis_owner(r);
-    tp_log(&node->log, TEMPEST_LOG_WARN, "service registry: %s", rep->str);
 }
 
 /* ---- responder: state ------------------------------------------------- */
@@ -147,7 +124,7 @@ struct tempest_request {
 struct tempest_responder {
     tempest_node *node;
     tempest_responder *next; /* the node's list */
-    char *service;
+    char *service, *ns;
     char *key;     /* tempest:<ns>:svc:<service> */
     char *channel; /* <key>:events */
     char *join_msg, *leave_msg;
@@ -156,8 +133,10 @@ struct tempest_responder {
     size_t nhandlers;
     tempest_request *head, *tail;   /* not yet answered */
     tempest_request *qhead, *qtail; /* not yet handed to a handler */
-    struct event *dispatch_ev, *heartbeat;
-    unsigned long long served;
+    struct event *dispatch_ev;
+    unsigned long long served, errors; /* errors: error replies of its handlers */
+    int in_flight;                     /* requests not yet answered */
+    bool joined;                       /* in the node's presence (its heartbeat) */
     int depth;
     bool freeing;
 };
@@ -192,6 +171,7 @@ static void request_unlink(tempest_request *q) {
 
 /* The request is answered: forget it. */
 static void request_free(tempest_request *q) {
+    q->r->in_flight--;
     request_unlink(q);
     json_decref(q->body);
     free(q);
@@ -231,6 +211,7 @@ static char *error_text(const char *code, const char *message) {
 TEMPEST_API int tempest_request_error(tempest_request *req, const char *code, const char *message) {
     if (req == NULL)
         return TEMPEST_EINVAL;
+    req->r->errors++;
     char *text = error_text(code, message);
     tp_slot_reply_error(req->slot, text != NULL ? text : "ERR ERROR out of memory");
     free(text);
@@ -340,6 +321,7 @@ static void accept_request(tempest_responder *r, const handler *h, const char *t
     else
         r->head = q;
     r->tail = q;
+    r->in_flight++;
     if (r->qtail != NULL)
         r->qtail->qnext = q;
     else
@@ -387,7 +369,8 @@ static void send_register(tempest_responder *r) {
     snprintf(ttl, sizeof ttl, "%d", r->ttl_ms);
     const char *argv[] = {"EVAL",     register_lua,     "2", r->key,
                           r->channel, r->node->address, ttl, r->join_msg};
-    if (tp_redis_argv(r->node->redis, on_registry_reply, NULL, 8, argv, NULL) != 0)
+    if (tp_redis_argv(r->node->redis, tp_node_log_reply, (void *)"service registry", 8, argv,
+                      NULL) != 0)
         tp_log(&r->node->log, TEMPEST_LOG_DEBUG, "responder %s: redis down, not advertised",
                r->service);
 }
@@ -395,17 +378,24 @@ static void send_register(tempest_responder *r) {
 static void send_withdraw(tempest_responder *r) {
     const char *argv[] = {"EVAL",     withdraw_lua,     "2",         r->key,
                           r->channel, r->node->address, r->leave_msg};
-    (void)tp_redis_argv(r->node->redis, on_registry_reply, NULL, 7, argv, NULL);
+    (void)tp_redis_argv(r->node->redis, tp_node_log_reply, (void *)"service registry", 7, argv,
+                        NULL);
 }
 
-static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
-    (void)fd, (void)what;
-    tempest_responder *r = arg;
-    struct timeval tv = {r->heartbeat_ms / 1000, (r->heartbeat_ms % 1000) * 1000};
-    send_register(r);
-    evtimer_add(r->heartbeat, &tv);
+/* The node's beat: refresh the registry entry (a join when it had expired). */
+static void on_beat(void *owner) {
+    send_register(owner);
 }
 
+static void describe_responder(void *owner, json_t *record) {
+    tempest_responder *r = owner;
+    tp_presence_add_role(record, "responder");
+    tp_presence_add_item(record, "services",
+                         json_pack("{s:s,s:s}", "service", r->service, "namespace", r->ns));
+    tp_presence_add_count(record, "responder", "requests", r->served);
+    tp_presence_add_count(record, "responder", "in_flight", (uint64_t)r->in_flight);
+    tp_presence_add_count(record, "responder", "errors", r->errors);
+}
 static char *announcement(const char *event, const char *address) {
     json_t *j = json_pack("{ssss}", "event", event, "address", address);
     char *s = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
@@ -417,7 +407,7 @@ static char *announcement(const char *event, const char *address) {
 
 static int responder_check(tempest_node *node, const tempest_responder_options *o, const char *ns,
                            tempest_error *err) {
-    if (node == NULL || o == NULL || !valid_name(o->service) || !valid_name(ns)) {
+    if (node == NULL || o == NULL || !tp_name_valid(o->service) || !tp_name_valid(ns)) {
         tp_error_set(err, TEMPEST_EINVAL, "responder: a node and a valid service name are needed");
         return TEMPEST_EINVAL;
     }
@@ -444,19 +434,21 @@ static void responder_timing(tempest_responder *r, const tempest_responder_optio
 
 static int responder_strings(tempest_responder *r, const char *service, const char *ns) {
     r->service = tp_strdup(service);
+    r->ns = tp_strdup(ns);
     char *prefix = joinf("tempest:%s:svc:%s", ns, service);
     r->key = prefix;
     r->channel = prefix != NULL ? joinf("%s%s", prefix, ":events") : NULL;
     r->join_msg = announcement("join", r->node->address);
     r->leave_msg = announcement("leave", r->node->address);
-    bool ok = r->service && r->key && r->channel && r->join_msg && r->leave_msg;
+    bool ok = r->service && r->ns && r->key && r->channel && r->join_msg && r->leave_msg;
     return ok ? 0 : TEMPEST_ENOMEM;
 }
 
 TEMPEST_API tempest_responder *tempest_responder_new(tempest_node *node,
                                                      const tempest_responder_options *options,
                                                      tempest_error *err) {
-    const char *ns = options && options->namespace ? options->namespace : default_ns;
+    const char *ns =
+        options && options->namespace ? options->namespace : tempest_node_namespace(node);
     int rc = responder_check(node, options, ns, err);
     if (rc != 0)
         return NULL;
@@ -471,15 +463,16 @@ TEMPEST_API tempest_responder *tempest_responder_new(tempest_node *node,
     r->node = node;
     responder_timing(r, options);
     r->dispatch_ev = event_new(node->base, -1, 0, on_dispatch, r);
-    r->heartbeat = evtimer_new(node->base, on_heartbeat, r);
-    if (r->dispatch_ev == NULL || r->heartbeat == NULL ||
-        responder_strings(r, options->service, ns) != 0)
+    if (r->dispatch_ev == NULL || responder_strings(r, options->service, ns) != 0)
         goto nomem;
+    /* the first beat (and so the first registration) on the next turn */
+    if (tp_presence_join(node, r, describe_responder, on_beat, r->heartbeat_ms) != 0)
+        goto nomem;
+    r->joined = true;
     tempest_responder **tail = &rpc->responders;
     while (*tail != NULL)
         tail = &(*tail)->next;
     *tail = r;
-    evtimer_add(r->heartbeat, &zero_tv); /* the first, next turn of the loop */
     return r;
 nomem:
     tp_error_set(err, TEMPEST_ENOMEM, "out of memory");
@@ -527,14 +520,15 @@ static void responder_destroy(tempest_responder *r) {
         tp_slot_reply_error(r->head->slot, "ERR SHUTDOWN the responder is shutting down");
         request_free(r->head);
     }
+    if (r->joined)
+        tp_presence_leave(r->node, r);
     if (r->dispatch_ev)
         event_free(r->dispatch_ev);
-    if (r->heartbeat)
-        event_free(r->heartbeat);
     for (size_t i = 0; i < r->nhandlers; i++)
         free(r->handlers[i].type);
     free(r->handlers);
     free(r->service);
+    free(r->ns);
     free(r->key);
     free(r->channel);
     free(r->join_msg);
@@ -547,6 +541,10 @@ TEMPEST_API void tempest_responder_free(tempest_responder *r) {
         return;
     r->freeing = true;
     responder_unlink(r);
+    if (r->joined) {
+        tp_presence_leave(r->node, r); /* no more beats, so no registration after this */
+        r->joined = false;
+    }
     if (!r->node->freeing)
         send_withdraw(r);
     if (r->depth == 0)
@@ -610,6 +608,9 @@ struct tempest_requester {
     call_list queue;   /* waiting for a live responder */
     call_list failed;  /* connection lost: retry or fail, from `kick` */
     tempest_subscriber *sub;
+    char *ns;
+    unsigned long long answered, failures; /* counters for the presence record */
+    bool joined;
     struct event *poll, *kick;
     bool polled, polling;
     long long poll_sent;      /* monotonic ms */
@@ -696,6 +697,8 @@ static bool finish(call *c, int status, json_t *json) {
     long long id = c->id;
     call_detach(c);
     free(c);
+    q->answered++;
+    q->failures += status < 0;
     if (fn == NULL)
         return false;
     rq_enter(q);
@@ -1182,7 +1185,7 @@ static void on_announce(tempest_subscriber *sub, int what, const char *channel, 
 
 static int requester_check(tempest_node *node, const tempest_requester_options *o, const char *ns,
                            tempest_error *err) {
-    if (node == NULL || o == NULL || !valid_name(o->service) || !valid_name(ns)) {
+    if (node == NULL || o == NULL || !tp_name_valid(o->service) || !tp_name_valid(ns)) {
         tp_error_set(err, TEMPEST_EINVAL, "requester: a node and a valid service name are needed");
         return TEMPEST_EINVAL;
     }
@@ -1216,14 +1219,27 @@ static tempest_requester *requester_alloc(tempest_node *node, const tempest_requ
     return q;
 }
 
+static void describe_requester(void *owner, json_t *record) {
+    tempest_requester *q = owner;
+    tp_presence_add_role(record, "requester");
+    tp_presence_add_count(record, "requester", "requests", q->answered + q->calls.len);
+    tp_presence_add_count(record, "requester", "in_flight", q->calls.len);
+    tp_presence_add_count(record, "requester", "errors", q->failures);
+    tp_presence_add_count(record, "requester", "responders", (uint64_t)tempest_requester_live(q));
+}
+
 static int requester_discovery(tempest_requester *q, const char *service, const char *ns) {
     tp_rpc *rpc = q->node->rpc;
     q->service = tp_strdup(service);
+    q->ns = tp_strdup(ns);
     q->key = joinf("tempest:%s:svc:%s", ns, service);
     q->channel = q->key ? joinf("%s%s", q->key, ":events") : NULL;
     q->poll = evtimer_new(q->node->base, on_poll, q);
-    if (!q->service || !q->channel || !q->poll)
+    if (!q->service || !q->ns || !q->channel || !q->poll)
         return TEMPEST_ENOMEM;
+    if (tp_presence_join(q->node, q, describe_requester, NULL, 0) != 0)
+        return TEMPEST_ENOMEM;
+    q->joined = true;
     q->sub = tempest_subscriber_new(q->node, on_announce, q, NULL);
     if (q->sub == NULL || tempest_subscribe(q->sub, q->channel, false) != 0)
         return TEMPEST_ENOMEM;
@@ -1239,7 +1255,8 @@ static int requester_discovery(tempest_requester *q, const char *service, const 
 TEMPEST_API tempest_requester *tempest_requester_new(tempest_node *node,
                                                      const tempest_requester_options *options,
                                                      tempest_error *err) {
-    const char *ns = options && options->namespace ? options->namespace : default_ns;
+    const char *ns =
+        options && options->namespace ? options->namespace : tempest_node_namespace(node);
     if (requester_check(node, options, ns, err) != 0)
         return NULL;
     tempest_requester *q = rpc_of(node) ? requester_alloc(node, options) : NULL;
@@ -1286,6 +1303,8 @@ static void requester_destroy(tempest_requester *q) {
         return;
     q->freeing = true;
     requester_unlink(q);
+    if (q->joined)
+        tp_presence_leave(q->node, q);
     tempest_subscriber_free(q->sub);
     q->sub = NULL;
     cancel_calls(q);
@@ -1298,6 +1317,7 @@ static void requester_destroy(tempest_requester *q) {
     if (q->kick)
         event_free(q->kick);
     free(q->service);
+    free(q->ns);
     free(q->key);
     free(q->channel);
     free(q);

@@ -141,8 +141,67 @@ static const char publish[] = "-- tempest:publish\n"
                               " 'm', ARGV[2])\n"
                               "return {redis.call('PUBLISH', ARGV[1], ARGV[2]), id}\n";
 
+/* The time on Redis's clock, in ms: expiries never depend on node clocks. */
+#define NOW_MS                                                                                     \
+    "local t = redis.call('TIME')\n"                                                               \
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
+/* KEYS: nodes (zset id -> expiry), records (hash id -> JSON). ARGV: node id,
+ * ttl ms, record. Drops up to 100 expired nodes on the way. */
+static const char presence[] =
+    "-- tempest:presence\n" NOW_MS
+    "local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 100)\n"
+    "for _, id in ipairs(gone) do\n"
+    "  redis.call('ZREM', KEYS[1], id)\n"
+    "  redis.call('HDEL', KEYS[2], id)\n"
+    "end\n"
+    "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])\n"
+    "redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n"
+    "return #gone\n";
+
+/* KEYS: nodes, records. Reads the live records, then the queues and
+ * services they name (keys derived from the records: one Redis, not a
+ * cluster). Returns {now, queues JSON, services JSON, record...}. */
+static const char status[] =
+    "-- tempest:status\n" NOW_MS "local out, queues, services, seen = {now, '', ''}, {}, {}, {}\n"
+    "for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do\n"
+    "  local raw = redis.call('HGET', KEYS[2], id)\n"
+    "  local ok, rec = pcall(cjson.decode, raw or '')\n"
+    "  if ok and type(rec) == 'table' then\n"
+    "    out[#out + 1] = raw\n"
+    "    for _, q in ipairs(type(rec.queues) == 'table' and rec.queues or {}) do\n"
+    "      local name, dead = q.name, q.dead\n"
+    "      if type(name) == 'string' and not seen['q' .. name] then\n"
+    "        seen['q' .. name] = true\n"
+    "        local p, busy, workers = '{' .. name .. '}:', 0, 0\n"
+    "        for _, w in ipairs(redis.call('SMEMBERS', p .. 'workers')) do\n"
+    "          busy = busy + redis.call('LLEN', p .. 'processing:' .. w)\n"
+    "          workers = workers + redis.call('EXISTS', p .. 'alive:' .. w)\n"
+    "        end\n"
+    "        if type(dead) ~= 'string' then dead = p .. 'dead' end\n"
+    "        queues[#queues + 1] = {name = name, ready = redis.call('LLEN', name),\n"
+    "          processing = busy, dead = redis.call('LLEN', dead), workers = workers}\n"
+    "      end\n"
+    "    end\n"
+    "    for _, s in ipairs(type(rec.services) == 'table' and rec.services or {}) do\n"
+    "      local name, ns = s.service, s.namespace\n"
+    "      if type(name) == 'string' and type(ns) == 'string'\n"
+    "          and not seen['s' .. ns .. ' ' .. name] then\n"
+    "        seen['s' .. ns .. ' ' .. name] = true\n"
+    "        local key = 'tempest:' .. ns .. ':svc:' .. name\n"
+    "        services[#services + 1] = {service = name, namespace = ns,\n"
+    "          responders = redis.call('ZRANGEBYSCORE', key, now, '+inf')}\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "out[2] = cjson.encode(queues)\n"
+    "out[3] = cjson.encode(services)\n"
+    "return out\n";
+
 const char *const tp_scripts[TP_SCRIPT_COUNT] = {
-    [TP_SCRIPT_HEARTBEAT] = heartbeat, [TP_SCRIPT_TAKE] = take,   [TP_SCRIPT_ACK] = ack,
-    [TP_SCRIPT_RETRY] = retry,         [TP_SCRIPT_BURY] = bury,   [TP_SCRIPT_REQUEUE] = requeue,
-    [TP_SCRIPT_REAP] = reap,           [TP_SCRIPT_LEAVE] = leave, [TP_SCRIPT_PUBLISH] = publish,
+    [TP_SCRIPT_HEARTBEAT] = heartbeat, [TP_SCRIPT_TAKE] = take,     [TP_SCRIPT_ACK] = ack,
+    [TP_SCRIPT_RETRY] = retry,         [TP_SCRIPT_BURY] = bury,     [TP_SCRIPT_REQUEUE] = requeue,
+    [TP_SCRIPT_REAP] = reap,           [TP_SCRIPT_LEAVE] = leave,   [TP_SCRIPT_PUBLISH] = publish,
+    [TP_SCRIPT_PRESENCE] = presence,   [TP_SCRIPT_STATUS] = status,
 };

@@ -19,6 +19,8 @@ enum tp_script {
     TP_SCRIPT_REAP,      /* requeue the jobs of dead workers */
     TP_SCRIPT_LEAVE,     /* remove a stopping worker's presence */
     TP_SCRIPT_PUBLISH,   /* XADD to a channel's history stream, then PUBLISH */
+    TP_SCRIPT_PRESENCE,  /* a node's record in its namespace's registry */
+    TP_SCRIPT_STATUS,    /* the monitor's view of a namespace */
     TP_SCRIPT_COUNT
 };
 

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "node.h"
+#include "presence.h"
 #include "scripts.h"
 
 typedef struct handler {
@@ -75,8 +76,9 @@ struct tempest_worker {
     handler *handlers;
     size_t nhandlers;
     tempest_job *jobs;
-    int in_hand; /* jobs not finished nor abandoned */
-    unsigned long long taken;
+    int in_hand;                                /* jobs not finished nor abandoned */
+    unsigned long long taken, released, failed; /* counters for the presence record */
+    bool joined;                                /* in the node's presence */
     peer *peers;
     int answers_inflight;
     struct event *retry;                     /* take again after an error reply */
@@ -620,6 +622,7 @@ static void job_free(tempest_job *job) {
 static void job_release(tempest_job *job) {
     tempest_worker *w = job->w;
     w->in_hand--;
+    w->released++;
     job_free(job);
     check_finished(w);
     maybe_take(w);
@@ -693,6 +696,7 @@ TEMPEST_API int tempest_job_fail(tempest_job *job, const char *reason, bool retr
     snprintf(max, sizeof max, "%d", w->max_attempts);
     const char *why = reason && *reason ? reason : "failed by its handler";
     int rc;
+    w->failed++;
     if (retry) {
         const char *argv[] = {q->processing, q->attempts, q->name, q->dead,
                               job->raw,      max,         why,     q->name};
@@ -1211,6 +1215,19 @@ TEMPEST_API int tempest_worker_on(tempest_worker *w, const char *action, tempest
     return 0;
 }
 
+static void describe(void *owner, json_t *record) {
+    tempest_worker *w = owner;
+    tp_presence_add_role(record, "worker");
+    for (int i = 0; i < w->nqueues; i++)
+        tp_presence_add_item(
+            record, "queues",
+            json_pack("{s:s,s:s}", "name", w->queues[i].name, "dead", w->queues[i].dead));
+    tp_presence_add_count(record, "worker", "jobs", w->released);
+    tp_presence_add_count(record, "worker", "in_flight", (uint64_t)w->in_hand);
+    tp_presence_add_count(record, "worker", "failed", w->failed);
+    tp_presence_add_count(record, "worker", "taken", w->taken);
+}
+
 static void start_timers(tempest_worker *w) {
     struct timeval beat = {w->heartbeat_ms / 1000, (w->heartbeat_ms % 1000) * 1000};
     struct timeval reap = {w->ttl_ms / 1000, (w->ttl_ms % 1000) * 1000};
@@ -1232,6 +1249,8 @@ TEMPEST_API int tempest_worker_start(tempest_worker *w) {
             return TEMPEST_ENOMEM;
     }
     start_timers(w);
+    if (!w->joined && tp_presence_join(w->node, w, describe, NULL, 0) == 0)
+        w->joined = true; /* else the monitor misses it: not worth failing the start */
     if (w->handle_signals) {
         signals_set(w, true);
         signal(SIGPIPE, SIG_IGN); /* a producer that resets must not kill us */
@@ -1333,6 +1352,8 @@ static void free_events(tempest_worker *w) {
 
 static void destroy(tempest_worker *w) {
     tp_map_del(&w->node->workers, w->serial);
+    if (w->joined)
+        tp_presence_leave(w->node, w);
     if (w->queues)
         abandon_all(w);
     while (w->jobs)

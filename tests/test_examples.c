@@ -31,10 +31,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "harness.h"
 
 #define WAIT_MS 5000
-#define MAX_CHILDREN 4
+#define MAX_CHILDREN 6
 #define OUT_SIZE 8192
 #define NREQUESTS 8
 
@@ -281,6 +283,55 @@ static int hello_number(const char *resp) {
     return strcmp(body + 4, want) == 0 ? n : -1;
 }
 
+/* The counter `role.name` of the node record with process id `pid`, or -1. */
+static long long counter_of(json_t *snap, pid_t pid, const char *role, const char *name) {
+    size_t i;
+    json_t *n;
+    json_array_foreach(json_object_get(snap, "nodes"), i, n) {
+        if (json_integer_value(json_object_get(n, "pid")) == pid) {
+            json_t *part = json_object_get(json_object_get(n, "stats"), role);
+            json_t *v = json_object_get(part, name);
+            return json_is_integer(v) ? json_integer_value(v) : -1;
+        }
+    }
+    return -1;
+}
+
+/* `monitor --once --json` and `monitor --once` see the front and both
+ * workers, with the counters of the requests just served. */
+static void check_monitor(fx *f, pid_t front_pid) {
+    struct timespec beat = {1, 200000000}; /* records are at most 1 s old */
+    nanosleep(&beat, NULL);
+    char *json_argv[] = {"monitor", "--redis", g_redis.url, "--once", "--json", NULL};
+    child *m = spawn(f, json_argv);
+    assert_true(wait_exit(m, WAIT_MS));
+    assert_true(exited_with(m, 0));
+    json_error_t e;
+    json_t *snap = json_loads(m->outbuf, 0, &e);
+    if (snap == NULL)
+        fprintf(stderr, "monitor --json printed: %s\n(%s)\n", m->outbuf, e.text);
+    assert_non_null(snap);
+    assert_int_equal(json_array_size(json_object_get(snap, "nodes")), 3);
+    assert_true(counter_of(snap, front_pid, "front", "requests") >= NREQUESTS);
+    assert_int_equal(counter_of(snap, front_pid, "front", "errors"), 0);
+    long long jobs = 0;
+    for (int i = 1; i <= 2; i++)
+        jobs += counter_of(snap, f->children[i].pid, "worker", "jobs");
+    assert_int_equal(jobs, NREQUESTS);
+    json_t *q = json_array_get(json_object_get(snap, "queues"), 0);
+    assert_string_equal(json_string_value(json_object_get(q, "name")), "tempest");
+    assert_int_equal(json_integer_value(json_object_get(q, "workers")), 2);
+    json_decref(snap);
+
+    char *text_argv[] = {"monitor", "--redis", g_redis.url, "--once", NULL};
+    child *t = spawn(f, text_argv);
+    assert_true(wait_exit(t, WAIT_MS));
+    assert_true(exited_with(t, 0));
+    assert_non_null(strstr(t->outbuf, "NODES 3\n"));
+    assert_non_null(strstr(t->outbuf, "QUEUES 1\n"));
+    assert_non_null(strstr(t->outbuf, "front,producer"));
+}
+
 static void test_front_and_workers(void **state) {
     fx *f = *state;
     char http[64], ready[128], resp[4096];
@@ -316,9 +367,12 @@ static void test_front_and_workers(void **state) {
         total += count[n];
     }
     assert_int_equal(total, NREQUESTS);
+    check_monitor(f, front->pid);
 
-    for (int i = 0; i < f->nchildren; i++)
-        assert_int_equal(kill(f->children[i].pid, SIGTERM), 0);
+    for (int i = 0; i < f->nchildren; i++) {
+        if (!f->children[i].reaped)
+            assert_int_equal(kill(f->children[i].pid, SIGTERM), 0);
+    }
     for (int i = 0; i < f->nchildren; i++) {
         assert_true(wait_exit(&f->children[i], WAIT_MS));
         assert_true(exited_with(&f->children[i], 0));
@@ -333,6 +387,18 @@ static void test_worker_bad_flag(void **state) {
     assert_true(WIFEXITED(c->status));
     assert_int_not_equal(WEXITSTATUS(c->status), 0);
     assert_non_null(strstr(c->errbuf, "usage"));
+    assert_int_equal(c->outlen, 0);
+}
+
+static void test_monitor_redis_unreachable(void **state) {
+    fx *f = *state;
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", tt_free_port());
+    char *argv[] = {"monitor", "--redis", url, "--once", NULL};
+    child *c = spawn(f, argv);
+    assert_true(wait_exit(c, 7500));
+    assert_true(exited_with(c, 1));
+    assert_non_null(strstr(c->errbuf, "cannot reach Redis"));
     assert_int_equal(c->outlen, 0);
 }
 
@@ -358,6 +424,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_front_and_workers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_worker_bad_flag, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_monitor_redis_unreachable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_front_redis_unreachable, setup, teardown),
     };
     return cmocka_run_group_tests_name("examples", tests, group_setup, group_teardown);

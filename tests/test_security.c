@@ -51,7 +51,8 @@
 #ifndef ACL_RULES /* -DACL_RULES=... to try another set */
 #define ACL_RULES                                                                                  \
     "on >pw ~* resetchannels -@all +select +incr +rpush +blmove +evalsha +script|load +time "      \
-    "+set +exists +del +sadd +srem +smembers +lmove +lpush +lpop +lrem +llen +hincrby +hdel"
+    "+set +exists +del +sadd +srem +smembers +lmove +lpush +lpop +lrem +llen +hincrby +hdel "      \
+    "+hset +hget +zadd +zrem +zrangebyscore"
 #endif
 
 /* ---- session level --------------------------------------------------------- */
@@ -745,6 +746,20 @@ static void queue_paths(struct event_base *base, const tt_redis *r, tempest_node
     tempest_worker_free(w);
 }
 
+typedef struct status_seen {
+    bool done;
+    int status;
+    size_t nodes;
+} status_seen;
+
+static void on_status(tempest_node *node, int status, json_t *snapshot, void *arg) {
+    (void)node;
+    status_seen *st = arg;
+    st->done = true;
+    st->status = status;
+    st->nodes = json_array_size(json_object_get(snapshot, "nodes"));
+}
+
 static void test_acl_user(void **state) {
     fixture *f = *state;
     const char *tmp = getenv("TMPDIR") != NULL && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
@@ -791,6 +806,13 @@ static void test_acl_user(void **state) {
     tt_run_for(f->base, 300);
     tempest_worker_free(w);
     queue_paths(f->base, &r, p, wn);
+    /* The monitor's read, and (when the nodes are freed) the withdrawals. */
+    status_seen st = {0};
+    assert_int_equal(tempest_cluster_status(p, NULL, on_status, &st), 0);
+    for (int i = 0; i < 100 && !st.done; i++)
+        tt_run_for(f->base, 20);
+    assert_int_equal(st.status, 0);
+    assert_true(st.nodes >= 2);
     tempest_node_free(wn);
     tempest_node_free(p);
     if (acl_denials(&r) != 0) {

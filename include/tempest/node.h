@@ -10,6 +10,7 @@
 #ifndef TEMPEST_NODE_H
 #define TEMPEST_NODE_H
 
+#include <jansson.h>
 #include <tempest/tempest.h>
 
 struct event_base;
@@ -79,6 +80,23 @@ typedef struct tempest_node_options {
     /** Listener: most elements in one request array (command and
      *  arguments); 0: 1024. */
     int max_args;
+    /** The namespace of the node's presence record (the monitor's view,
+     *  `tempest:<namespace>:nodes`), and the default namespace of its
+     *  responders and requesters: 1 to 200 bytes, no blank or control
+     *  character, not "*". NULL: "default". Job queues are not namespaced
+     *  (their names are the wire format). (`namespace_` in C++.) */
+#ifndef __cplusplus
+    const char *namespace;
+#else
+    const char *namespace_;
+#endif
+    /** Period of the node's presence record refresh (with its counters);
+     *  0: 1000 ms. */
+    int heartbeat_ms;
+    /** Time-to-live of the presence record: a node that stops refreshing
+     *  it (a crash) drops out of the monitor's view after this long;
+     *  0: 5000 ms (at least twice heartbeat_ms). */
+    int presence_ttl_ms;
 } tempest_node_options;
 
 /**
@@ -125,6 +143,40 @@ TEMPEST_API int tempest_node_listen(tempest_node *node) TEMPEST_MUST_CHECK;
  * is freed.
  */
 TEMPEST_API const char *tempest_node_address(const tempest_node *node);
+
+/** The namespace of the node (borrowed; never NULL). */
+TEMPEST_API const char *tempest_node_namespace(const tempest_node *node);
+
+/**
+ * Receives a cluster snapshot. `status` is 0 with `snapshot` (borrowed:
+ * valid during the call; json_incref() it to keep it), or a negative code
+ * with `snapshot` NULL: TEMPEST_EDOWN (the connection was lost before the
+ * reply), TEMPEST_EREDIS, TEMPEST_EPROTO, TEMPEST_ECANCELED (node freed).
+ * Runs on the node's loop; it may free the node.
+ */
+typedef void tempest_status_fn(tempest_node *node, int status, json_t *snapshot, void *arg);
+
+/**
+ * Reads what the cluster's nodes publish about themselves in namespace
+ * `ns` (NULL: the node's), in one script call, and calls `fn` once with:
+ *
+ *     {"namespace": "...", "time_ms": <Redis clock>,
+ *      "nodes": [{"id", "address" (or null), "host", "pid", "uptime_ms",
+ *                 "namespace", "version", "roles": ["front", "worker",
+ *                 "responder", "requester", "producer"], "queues":
+ *                 [{"name", "dead"}], "services": [{"service", "namespace"}],
+ *                 "stats": {"<role>": {"<counter>": n, ...}}}, ...],
+ *      "queues": [{"name", "ready", "processing", "dead", "workers"}],
+ *      "services": [{"service", "namespace", "responders": ["host:port"]}]}
+ *
+ * Records are at most heartbeat_ms old. Counters (README, "Monitor"):
+ * front requests/in_flight/errors/streams, worker jobs/in_flight/failed,
+ * responder requests/in_flight/errors, requester requests/errors.
+ * Returns 0 (then `fn` runs exactly once), or TEMPEST_EINVAL,
+ * TEMPEST_EDOWN (not connected now), TEMPEST_ENOMEM (`fn` never runs).
+ */
+TEMPEST_API int tempest_cluster_status(tempest_node *node, const char *ns, tempest_status_fn *fn,
+                                       void *arg) TEMPEST_MUST_CHECK;
 
 /** The text of the node's last error (never NULL; "" when none). Borrowed;
  *  valid until the next call on the node. */

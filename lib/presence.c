@@ -1,0 +1,395 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Node presence (presence.h) and the monitor's read of a namespace
+ * (tempest_cluster_status). Both are one script call each: the beat writes
+ * the node's record, the status read returns every live record with the
+ * queues and services they name.
+ */
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <tempest/version.h>
+
+#include "node.h"
+#include "presence.h"
+#include "scripts.h"
+
+typedef struct member {
+    struct member *next;
+    void *owner;
+    tp_presence_describe_fn *describe;
+    tp_presence_beat_fn *beat;
+    int period_ms;
+} member;
+
+/* A tempest_cluster_status call, from the command to its one callback. */
+typedef struct status_req {
+    struct status_req *prev, *next;
+    tempest_node *node;
+    tempest_status_fn *fn;
+    void *arg;
+    struct event *ev; /* runs the callback outside hiredis */
+    json_t *snapshot;
+    int status;
+    char *ns;
+} status_req;
+
+typedef struct tp_presence {
+    member *members;
+    struct event *beat_ev;
+    bool listed;   /* a record was written and not withdrawn */
+    char *nodes;   /* tempest:<ns>:nodes */
+    char *records; /* tempest:<ns>:nodes:records */
+    status_req *reqs;
+} tp_presence;
+
+static char *key_of(const char *ns, const char *suffix) {
+    size_t n = strlen("tempest::") + strlen(ns) + strlen(suffix) + 1;
+    char *k = tp_malloc(n);
+    if (k != NULL)
+        snprintf(k, n, "tempest:%s:%s", ns, suffix);
+    return k;
+}
+
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void on_beat(evutil_socket_t fd, short what, void *arg);
+
+static tp_presence *presence_of(tempest_node *node) {
+    if (node->presence != NULL)
+        return node->presence;
+    tp_presence *p = tp_calloc(1, sizeof *p);
+    if (p == NULL)
+        return NULL;
+    p->beat_ev = evtimer_new(node->base, on_beat, node);
+    p->nodes = key_of(node->ns, "nodes");
+    p->records = key_of(node->ns, "nodes:records");
+    if (p->beat_ev == NULL || p->nodes == NULL || p->records == NULL) {
+        if (p->beat_ev)
+            event_free(p->beat_ev);
+        free(p->nodes);
+        free(p->records);
+        free(p);
+        return NULL;
+    }
+    node->presence = p;
+    return p;
+}
+
+/* ---- the record ------------------------------------------------------ */
+
+void tp_presence_add_role(json_t *record, const char *role) {
+    json_t *roles = json_object_get(record, "roles");
+    size_t i;
+    json_t *v;
+    json_array_foreach(roles, i, v) {
+        if (strcmp(json_string_value(v), role) == 0)
+            return;
+    }
+    json_array_append_new(roles, json_string(role));
+}
+
+void tp_presence_add_item(json_t *record, const char *list, json_t *value) {
+    json_t *a = json_object_get(record, list);
+    size_t i;
+    json_t *v;
+    json_array_foreach(a, i, v) {
+        if (json_equal(v, value)) {
+            json_decref(value);
+            return;
+        }
+    }
+    json_array_append_new(a, value);
+}
+
+void tp_presence_add_count(json_t *record, const char *role, const char *name, uint64_t n) {
+    json_t *stats = json_object_get(record, "stats");
+    json_t *part = json_object_get(stats, role);
+    if (part == NULL) {
+        part = json_object();
+        if (json_object_set_new(stats, role, part) != 0)
+            return;
+    }
+    json_int_t old = json_integer_value(json_object_get(part, name));
+    json_object_set_new(part, name, json_integer(old + (json_int_t)n));
+}
+
+static json_t *build_record(tempest_node *node) {
+    char host[128] = "";
+    gethostname(host, sizeof host - 1);
+    json_t *rec = json_pack(
+        "{s:I,s:s,s:i,s:I,s:s,s:s,s:[],s:[],s:[],s:{}}", "id", (json_int_t)node->id, "host", host,
+        "pid", (int)getpid(), "uptime_ms", (json_int_t)(now_ms() - node->started_ms), "namespace",
+        node->ns, "version", TEMPEST_VERSION_STRING, "roles", "queues", "services", "stats");
+    if (rec == NULL)
+        return NULL;
+    json_object_set_new(rec, "address", node->address ? json_string(node->address) : json_null());
+    for (member *m = node->presence->members; m; m = m->next)
+        m->describe(m->owner, rec);
+    return rec;
+}
+
+/* ---- the beat -------------------------------------------------------- */
+
+static void withdraw(tempest_node *node) {
+    tp_presence *p = node->presence;
+    char id[24];
+    snprintf(id, sizeof id, "%lld", node->id);
+    tp_redis_cmd(node->redis, tp_node_log_reply, (void *)"presence", "ZREM %s %s", p->nodes, id);
+    tp_redis_cmd(node->redis, tp_node_log_reply, (void *)"presence", "HDEL %s %s", p->records, id);
+    p->listed = false;
+}
+
+static void send_record(tempest_node *node) {
+    json_t *rec = build_record(node);
+    char *text = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+    json_decref(rec);
+    if (text == NULL) {
+        tp_log(&node->log, TEMPEST_LOG_WARN, "presence: out of memory, beat skipped");
+        return;
+    }
+    char id[24], ttl[16];
+    snprintf(id, sizeof id, "%lld", node->id);
+    snprintf(ttl, sizeof ttl, "%d", node->presence_ttl_ms);
+    const char *argv[] = {node->presence->nodes, node->presence->records, id, ttl, text};
+    if (tp_redis_script(node->redis, tp_node_log_reply, (void *)"presence", TP_SCRIPT_PRESENCE, 2,
+                        5, argv, NULL) == 0)
+        node->presence->listed = true;
+    free(text);
+}
+
+static int period_of(tempest_node *node) {
+    int period = node->heartbeat_ms;
+    for (member *m = node->presence->members; m; m = m->next)
+        if (m->period_ms > 0 && m->period_ms < period)
+            period = m->period_ms;
+    return period;
+}
+
+static void on_beat(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    tempest_node *node = arg;
+    tp_presence *p = node->presence;
+    bool up = tp_redis_state(node->redis) == TEMPEST_NODE_UP && node->id != 0;
+    if (p->members == NULL) {
+        if (up && p->listed)
+            withdraw(node);
+        return; /* no role: no beat until one joins */
+    }
+    if (up) {
+        send_record(node);
+        /* A hook may leave (and free its member): take the next one first. */
+        for (member *m = p->members, *next; m; m = next) {
+            next = m->next;
+            if (m->beat)
+                m->beat(m->owner);
+        }
+    }
+    int period = period_of(node);
+    struct timeval tv = {period / 1000, (period % 1000) * 1000};
+    evtimer_add(p->beat_ev, &tv);
+}
+
+void tp_presence_kick(tempest_node *node) {
+    if (node->presence != NULL)
+        event_active(node->presence->beat_ev, EV_TIMEOUT, 0);
+}
+
+int tp_presence_join(tempest_node *node, void *owner, tp_presence_describe_fn *describe,
+                     tp_presence_beat_fn *beat, int period_ms) {
+    tp_presence *p = presence_of(node);
+    member *m = p ? tp_calloc(1, sizeof *m) : NULL;
+    if (m == NULL)
+        return TEMPEST_ENOMEM;
+    *m = (member){.owner = owner, .describe = describe, .beat = beat, .period_ms = period_ms};
+    member **tail = &p->members;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = m;
+    tp_presence_kick(node);
+    return 0;
+}
+
+void tp_presence_leave(tempest_node *node, void *owner) {
+    tp_presence *p = node->presence;
+    for (member **mp = p ? &p->members : NULL; mp && *mp; mp = &(*mp)->next) {
+        if ((*mp)->owner == owner) {
+            member *m = *mp;
+            *mp = m->next;
+            free(m);
+            if (!node->freeing)
+                tp_presence_kick(node);
+            return;
+        }
+    }
+}
+
+static void describe_producer(void *owner, json_t *record) {
+    tempest_node *node = owner;
+    tp_presence_add_role(record, "producer");
+    tp_presence_add_count(record, "producer", "jobs", node->jobs_sent);
+    tp_presence_add_count(record, "producer", "in_flight", node->pending.len);
+}
+
+void tp_presence_produced(tempest_node *node) {
+    node->jobs_sent++;
+    if (!node->producing && tp_presence_join(node, node, describe_producer, NULL, 0) == 0)
+        node->producing = true;
+}
+
+/* ---- tempest_cluster_status ------------------------------------------ */
+
+static void req_free(status_req *q) {
+    tp_presence *p = q->node->presence;
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        p->reqs = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    if (q->ev)
+        event_free(q->ev);
+    json_decref(q->snapshot);
+    free(q->ns);
+    free(q);
+}
+
+static void on_status_event(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    status_req *q = arg;
+    tempest_node *node = q->node;
+    tempest_status_fn *fn = q->fn;
+    void *fn_arg = q->arg;
+    json_t *snapshot = json_incref(q->snapshot);
+    int status = q->status;
+    req_free(q);
+    tp_node_enter(node);
+    fn(node, status, snapshot, fn_arg);
+    json_decref(snapshot);
+    tp_node_leave(node);
+}
+
+/* An array (Lua's cjson encodes an empty table as an object), or []. */
+static json_t *array_or_empty(json_t *v) {
+    if (json_is_array(v))
+        return json_incref(v);
+    return json_array();
+}
+
+static json_t *decode(const redisReply *e) {
+    if (e->type != REDIS_REPLY_STRING)
+        return NULL;
+    return json_loadb(e->str, e->len, 0, NULL);
+}
+
+/* {now, queues JSON, services JSON, record...} -> the snapshot. */
+static json_t *snapshot_of(const status_req *q, const redisReply *rep) {
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
+        rep->element[0]->type != REDIS_REPLY_INTEGER)
+        return NULL;
+    json_t *queues = decode(rep->element[1]);
+    json_t *services = decode(rep->element[2]);
+    json_t *snap = json_pack("{s:s,s:I,s:[],s:o,s:o}", "namespace", q->ns, "time_ms",
+                             (json_int_t)rep->element[0]->integer, "nodes", "queues",
+                             array_or_empty(queues), "services", array_or_empty(services));
+    json_decref(queues);
+    json_decref(services);
+    json_t *nodes = json_object_get(snap, "nodes");
+    for (size_t i = 3; nodes && i < rep->elements; i++) {
+        json_t *rec = decode(rep->element[i]);
+        if (json_is_object(rec))
+            json_array_append(nodes, rec);
+        json_decref(rec);
+    }
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(snap, "services"), i, s) {
+        json_object_set_new(s, "responders", array_or_empty(json_object_get(s, "responders")));
+    }
+    return snap;
+}
+
+static void on_status_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    tp_redis *r = tp_redis_from(ac);
+    if (r == NULL)
+        return; /* the node is gone, and the request with it */
+    status_req *q = privdata;
+    redisReply *rep = reply;
+    if (rep == NULL) {
+        q->status = TEMPEST_EDOWN;
+    } else if (rep->type == REDIS_REPLY_ERROR) {
+        tp_node_errorf(q->node, "status: %s", rep->str);
+        q->status = TEMPEST_EREDIS;
+    } else if ((q->snapshot = snapshot_of(q, rep)) == NULL) {
+        tp_node_errorf(q->node, "status: unexpected reply");
+        q->status = TEMPEST_EPROTO;
+    }
+    event_active(q->ev, EV_TIMEOUT, 0);
+}
+
+TEMPEST_API int tempest_cluster_status(tempest_node *node, const char *ns, tempest_status_fn *fn,
+                                       void *arg) {
+    if (node == NULL || fn == NULL || node->freeing || (ns != NULL && !tp_name_valid(ns)))
+        return TEMPEST_EINVAL;
+    if (tp_redis_state(node->redis) != TEMPEST_NODE_UP)
+        return TEMPEST_EDOWN;
+    tp_presence *p = presence_of(node);
+    status_req *q = p ? tp_calloc(1, sizeof *q) : NULL;
+    if (q == NULL)
+        return TEMPEST_ENOMEM;
+    *q = (status_req){.node = node, .fn = fn, .arg = arg, .next = p->reqs};
+    if (p->reqs)
+        p->reqs->prev = q;
+    p->reqs = q;
+    q->ns = tp_strdup(ns ? ns : node->ns);
+    q->ev = event_new(node->base, -1, 0, on_status_event, q);
+    char *nodes = q->ns ? key_of(q->ns, "nodes") : NULL;
+    char *records = q->ns ? key_of(q->ns, "nodes:records") : NULL;
+    int rc = TEMPEST_ENOMEM;
+    if (q->ev && nodes && records) {
+        const char *argv[] = {nodes, records};
+        rc = tp_redis_script(node->redis, on_status_reply, q, TP_SCRIPT_STATUS, 2, 2, argv, NULL);
+    }
+    free(nodes);
+    free(records);
+    if (rc != 0)
+        req_free(q);
+    return rc;
+}
+
+/* ---- teardown -------------------------------------------------------- */
+
+void tp_presence_free(tempest_node *node) {
+    tp_presence *p = node->presence;
+    if (p == NULL)
+        return;
+    if (p->listed && tp_redis_state(node->redis) == TEMPEST_NODE_UP && node->id != 0) {
+        withdraw(node);
+        tp_redis_flush(node->redis);
+    }
+    while (p->reqs) {
+        status_req *q = p->reqs;
+        tempest_status_fn *fn = q->fn;
+        void *arg = q->arg;
+        req_free(q);
+        fn(node, TEMPEST_ECANCELED, NULL, arg);
+    }
+    while (p->members) {
+        member *m = p->members;
+        p->members = m->next;
+        free(m);
+    }
+    event_free(p->beat_ev);
+    free(p->nodes);
+    free(p->records);
+    free(p);
+    node->presence = NULL;
+}
