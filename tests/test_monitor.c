@@ -193,8 +193,11 @@ static void test_roles_queues_services(void **state) {
         tempest_requester_new(f->node, &(tempest_requester_options){.service = "echo"}, NULL);
     assert_non_null(rq);
     int ok = 0;
-    for (int i = 0; i < 3; i++)
-        assert_true(tempest_requester_send(rq, "echo", json_integer(i), NULL, on_reply, &ok) > 0);
+    for (int i = 0; i < 3; i++) {
+        json_t *body = json_integer(i);
+        assert_true(tempest_requester_send(rq, "echo", body, NULL, on_reply, &ok) > 0);
+        json_decref(body); /* borrowed */
+    }
     assert_true(tt_run_until(f->base, replied, &ok, 3000));
     tt_run_for(f->base, 150); /* a few beats */
 
