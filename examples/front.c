@@ -4,11 +4,14 @@
  * the first worker to answer it writes the response.
  *
  *   front [--redis URL] [--http HOST:PORT] [--listen HOST:PORT]
- *         [--queue NAME] [--timeout MS] [--cors ORIGIN]
+ *         [--queue NAME] [--timeout MS] [--cors ORIGIN] [--max-streams N]
  *
  * It also streams pub/sub channels as Server-Sent Events at /sub/<channel>;
  * --cors sends `Access-Control-Allow-Origin: ORIGIN` with them (`'*'` lets
- * any page subscribe, e.g. examples/sub.html opened from disk).
+ * any page subscribe, e.g. examples/sub.html opened from disk); past
+ * --max-streams such streams at once (default 10000) it answers 503. Each
+ * stream holds a descriptor: raise the open-files limit (`ulimit -n`) to
+ * match.
  */
 #include <getopt.h>
 #include <signal.h>
@@ -25,16 +28,20 @@ static void on_signal(evutil_socket_t sig, short what, void *base) {
 
 static void usage(void) {
     fprintf(stderr, "usage: front [--redis URL] [--http HOST:PORT] [--listen HOST:PORT]"
-                    " [--queue NAME] [--timeout MS] [--cors ORIGIN]\n");
+                    " [--queue NAME] [--timeout MS] [--cors ORIGIN] [--max-streams N]\n");
     exit(2);
 }
 
 static void parse(int argc, char **argv, tempest_node_options *no, tempest_front_options *fo) {
-    static const struct option longopts[] = {
-        {"redis", required_argument, 0, 'r'},   {"http", required_argument, 0, 'H'},
-        {"listen", required_argument, 0, 'l'},  {"queue", required_argument, 0, 'q'},
-        {"timeout", required_argument, 0, 't'}, {"cors", required_argument, 0, 'c'},
-        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    static const struct option longopts[] = {{"redis", required_argument, 0, 'r'},
+                                             {"http", required_argument, 0, 'H'},
+                                             {"listen", required_argument, 0, 'l'},
+                                             {"queue", required_argument, 0, 'q'},
+                                             {"timeout", required_argument, 0, 't'},
+                                             {"cors", required_argument, 0, 'c'},
+                                             {"max-streams", required_argument, 0, 's'},
+                                             {"help", no_argument, 0, 'h'},
+                                             {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
         switch (c) {
         case 'r':
@@ -55,6 +62,10 @@ static void parse(int argc, char **argv, tempest_node_options *no, tempest_front
             break;
         case 'c':
             fo->cors_origin = optarg;
+            break;
+        case 's':
+            if ((fo->max_streams = atoi(optarg)) <= 0)
+                usage();
             break;
         default:
             usage();
