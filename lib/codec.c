@@ -23,6 +23,7 @@
 #include <tempest/tempest.h>
 
 #define REDIS_DEFAULT_PORT 6379
+#define SENTINEL_DEFAULT_PORT 26379
 
 /* ---- Error text and small helpers ---- */
 
@@ -741,25 +742,25 @@ static int parse_userinfo(const char *s, const char *end, tp_redis_url *out, cha
 }
 
 /*
- * The database in `s`, all that follows the host or socket path: "", or
- * `prefix` and a number ("/" alone also means 0). `after` names what `s`
+ * The database in [s, end), all that follows the host or socket path: "",
+ * or `prefix` and a number ("/" alone also means 0). `after` names what `s`
  * follows, for the error text.
  */
-static int parse_db(const char *s, const char *prefix, const char *after, tp_redis_url *out,
-                    char *err, size_t errlen) {
+static int parse_db(const char *s, const char *end, const char *prefix, const char *after,
+                    tp_redis_url *out, char *err, size_t errlen) {
     size_t plen = strlen(prefix);
     long v;
 
-    if (*s == '\0' || strcmp(s, "/") == 0)
+    if (s == end || (end - s == 1 && *s == '/'))
         return 0;
-    if (strncmp(s, prefix, plen) != 0)
+    if ((size_t)(end - s) < plen || memcmp(s, prefix, plen) != 0)
         return seterr(err, errlen, TEMPEST_EADDR, "Redis URL: unexpected '%c' after the %s", *s,
                       after);
     s += plen;
-    if (!parse_uint(s, s + strlen(s), INT_MAX, &v))
+    if (!parse_uint(s, end, INT_MAX, &v))
         return seterr(err, errlen, TEMPEST_EADDR,
-                      "Redis URL: the database must be a number from 0 to %d, got \"%.20s\"",
-                      INT_MAX, s);
+                      "Redis URL: the database must be a number from 0 to %d, got \"%.*s\"",
+                      INT_MAX, end - s < 20 ? (int)(end - s) : 20, s);
     out->db = (int)v;
     return 0;
 }
@@ -782,7 +783,7 @@ static int parse_tcp(const char *s, tp_redis_url *out, char *err, size_t errlen)
     rc = parse_host_port(host, end, &rules, &out->host, &out->port, err, errlen);
     if (rc != 0)
         return rc;
-    return parse_db(end, "/", "host", out, err, errlen);
+    return parse_db(end, end + strlen(end), "/", "host", out, err, errlen);
 }
 
 static int parse_unix(const char *s, tp_redis_url *out, char *err, size_t errlen) {
@@ -796,7 +797,101 @@ static int parse_unix(const char *s, tp_redis_url *out, char *err, size_t errlen
     out->path = dupn(s, (size_t)(end - s));
     if (out->path == NULL)
         return seterr(err, errlen, TEMPEST_ENOMEM, "Redis URL: out of memory");
-    return parse_db(end, "?db=", "socket path (only ?db=N is allowed)", out, err, errlen);
+    return parse_db(end, end + strlen(end), "?db=", "socket path (only ?db=N is allowed)", out, err,
+                    errlen);
+}
+
+/* The comma-separated `host[:port]` list of sentinels in [s, end). */
+static int parse_sentinels(const char *s, const char *end, tp_redis_url *out, char *err,
+                           size_t errlen) {
+    static const hostport_rules rules = {
+        .ctx = "Redis URL", .default_port = SENTINEL_DEFAULT_PORT, .min_port = 1};
+    size_t n = 1;
+    int rc;
+
+    for (const char *p = s; p < end; p++)
+        n += *p == ',';
+    if (n > TP_MAX_SENTINELS)
+        return seterr(err, errlen, TEMPEST_EADDR, "Redis URL: more than %d sentinels",
+                      TP_MAX_SENTINELS);
+    out->sentinels = tp_calloc(n, sizeof *out->sentinels);
+    if (out->sentinels == NULL)
+        return seterr(err, errlen, TEMPEST_ENOMEM, "Redis URL: out of memory");
+    for (;;) {
+        const char *comma = memchr(s, ',', (size_t)(end - s));
+        tp_redis_sentinel *sn = &out->sentinels[out->nsentinels];
+        rc = parse_host_port(s, comma ? comma : end, &rules, &sn->host, &sn->port, err, errlen);
+        if (rc != 0)
+            return rc;
+        out->nsentinels++;
+        if (comma == NULL)
+            return 0;
+        s = comma + 1;
+    }
+}
+
+/* The optional `?sentinel_password=P` at `s` (the end of the URL). */
+static int parse_sentinel_query(const char *s, tp_redis_url *out, char *err, size_t errlen) {
+    static const char key[] = "?sentinel_password=";
+    const char *v, *end;
+
+    if (*s == '\0')
+        return 0;
+    if (strncmp(s, key, strlen(key)) != 0)
+        return seterr(err, errlen, TEMPEST_EADDR,
+                      "Redis URL: only ?sentinel_password=P may follow the master name");
+    v = s + strlen(key);
+    end = v + strlen(v);
+    if (strcspn(v, "&#") != (size_t)(end - v))
+        return seterr(err, errlen, TEMPEST_EADDR,
+                      "Redis URL: only ?sentinel_password=P may follow the master name");
+    if (v == end)
+        return seterr(err, errlen, TEMPEST_EADDR, "Redis URL: empty sentinel password");
+    return pct_decode(v, end, "sentinel password", &out->sentinel_password, err, errlen);
+}
+
+/* `/master[/db][?sentinel_password=P]` at `s`. */
+static int parse_master(const char *s, tp_redis_url *out, char *err, size_t errlen) {
+    const char *name, *end, *query;
+    int rc;
+
+    if (*s != '/')
+        return seterr(err, errlen, TEMPEST_EADDR,
+                      "Redis URL: expected /mastername after the sentinels");
+    name = s + 1;
+    end = name + strcspn(name, "/?#");
+    if (end == name)
+        return seterr(err, errlen, TEMPEST_EADDR, "Redis URL: empty master name");
+    if (!valid_host(name, end))
+        return seterr(err, errlen, TEMPEST_EADDR,
+                      "Redis URL: invalid character in the master name");
+    out->master = dupn(name, (size_t)(end - name));
+    if (out->master == NULL)
+        return seterr(err, errlen, TEMPEST_ENOMEM, "Redis URL: out of memory");
+    query = end + strcspn(end, "?#");
+    rc = parse_db(end, query, "/", "master name", out, err, errlen);
+    if (rc != 0)
+        return rc;
+    return parse_sentinel_query(query, out, err, errlen);
+}
+
+static int parse_sentinel(const char *s, tp_redis_url *out, char *err, size_t errlen) {
+    const char *end = s + strcspn(s, "/?#"), *hosts = s;
+    int rc;
+
+    for (const char *p = s; p < end; p++) {
+        if (*p == '@')
+            hosts = p + 1;
+    }
+    if (hosts > s) {
+        rc = parse_userinfo(s, hosts - 1, out, err, errlen);
+        if (rc != 0)
+            return rc;
+    }
+    rc = parse_sentinels(hosts, end, out, err, errlen);
+    if (rc != 0)
+        return rc;
+    return parse_master(end, out, err, errlen);
 }
 
 /* Names the scheme of `url` in the error, never the rest (it may hold a password). */
@@ -807,11 +902,12 @@ static int unknown_scheme(const char *url, char *err, size_t errlen) {
         n++;
     if (n > 0 && n < 16 && strncmp(url + n, "://", 3) == 0)
         return seterr(err, errlen, TEMPEST_EADDR,
-                      "Redis URL: unknown scheme \"%.*s\" (expected redis:// or unix://)", (int)n,
-                      url);
+                      "Redis URL: unknown scheme \"%.*s\" (expected redis://, unix:// or "
+                      "redis+sentinel://)",
+                      (int)n, url);
     return seterr(err, errlen, TEMPEST_EADDR,
-                  "Redis URL: expected redis://[[user]:password@]host[:port][/db] or "
-                  "unix:///path[?db=N]");
+                  "Redis URL: expected redis://[[user]:password@]host[:port][/db], "
+                  "unix:///path[?db=N] or redis+sentinel://host[:port][,...]/master[/db]");
 }
 
 int tp_redis_url_parse(const char *url, tp_redis_url *out, char *err, size_t errlen) {
@@ -824,6 +920,8 @@ int tp_redis_url_parse(const char *url, tp_redis_url *out, char *err, size_t err
         return seterr(err, errlen, TEMPEST_EADDR, "Redis URL: missing");
     if (has_prefix_ci(url, "redis://"))
         rc = parse_tcp(url + strlen("redis://"), out, err, errlen);
+    else if (has_prefix_ci(url, "redis+sentinel://"))
+        rc = parse_sentinel(url + strlen("redis+sentinel://"), out, err, errlen);
     else if (has_prefix_ci(url, "unix://"))
         rc = parse_unix(url + strlen("unix://"), out, err, errlen);
     else if (has_prefix_ci(url, "rediss://"))
@@ -842,5 +940,10 @@ void tp_redis_url_clear(tp_redis_url *url) {
     free(url->path);
     free(url->user);
     free(url->password);
+    for (int i = 0; i < url->nsentinels; i++)
+        free(url->sentinels[i].host);
+    free(url->sentinels);
+    free(url->master);
+    free(url->sentinel_password);
     memset(url, 0, sizeof *url);
 }

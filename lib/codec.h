@@ -94,21 +94,37 @@ typedef struct tp_http_answer {
  */
 int tp_http_answer_parse(json_t *answer, bool first, tp_http_answer *out, char *err, size_t errlen);
 
+/** One Sentinel of a `redis+sentinel://` URL. */
+typedef struct tp_redis_sentinel {
+    char *host; /**< malloc'd */
+    int port;   /**< default 26379 */
+} tp_redis_sentinel;
+
+/** Most sentinels one URL may name. */
+#define TP_MAX_SENTINELS 16
+
 /** A parsed Redis URL; strings are malloc'd (tp_redis_url_clear frees). */
 typedef struct tp_redis_url {
-    char *host;     /**< TCP host, or NULL for a unix socket */
-    int port;       /**< TCP port (default 6379) */
-    char *path;     /**< unix socket path, or NULL */
-    char *user;     /**< ACL user, or NULL */
-    char *password; /**< password, or NULL */
-    int db;         /**< database number (default 0) */
+    char *host;                   /**< TCP host, or NULL for a unix socket or sentinels */
+    int port;                     /**< TCP port (default 6379) */
+    char *path;                   /**< unix socket path, or NULL */
+    char *user;                   /**< ACL user of the master, or NULL */
+    char *password;               /**< password of the master, or NULL */
+    int db;                       /**< database number (default 0) */
+    tp_redis_sentinel *sentinels; /**< malloc'd array, or NULL */
+    int nsentinels;               /**< 0 unless redis+sentinel:// */
+    char *master;                 /**< master name for the sentinels, or NULL */
+    char *sentinel_password;      /**< AUTH for the sentinels, or NULL */
 } tp_redis_url;
 
 /**
  * Parses `redis://[[user]:password@]host[:port][/db]` (host may be an IPv6
- * literal in brackets; user and password are percent-decoded) or
- * `unix:///path[?db=N]`. Returns 0, TEMPEST_EADDR with `err` set, or
- * TEMPEST_ENOMEM. `out` is zeroed on failure.
+ * literal in brackets; user and password are percent-decoded),
+ * `unix:///path[?db=N]`, or
+ * `redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db][?sentinel_password=P]`
+ * (sentinel port default 26379; user and password are the master's). Returns
+ * 0, TEMPEST_EADDR with `err` set, or TEMPEST_ENOMEM. `out` is zeroed on
+ * failure.
  */
 int tp_redis_url_parse(const char *url, tp_redis_url *out, char *err, size_t errlen);
 

@@ -6,6 +6,14 @@
  * doubles from reconnect_min to reconnect_max, with jitter in [50%, 100%].
  * hiredis 0.14 has no async timeouts, so the connect timer is ours; the
  * waits of blocking commands are bounded by their own Redis-side timeout.
+ *
+ * With sentinels (redis+sentinel://), each (re)connect first asks them in
+ * turn, each bounded by the connect timeout, for the master's address
+ * (SENTINEL get-master-addr-by-name); the handshake then ends with ROLE,
+ * which must say "master". A -READONLY error reply on the connection (the
+ * master was demoted under us) drops it, so that the reconnect asks again:
+ * the check sits in the reply parser (a wrapped createString), so it costs
+ * nothing on the replies that are not errors.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -13,6 +21,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,9 +31,15 @@
 #include "redis.h"
 #include "scripts.h"
 
+enum { PHASE_MASTER, PHASE_SENTINEL };
+
+/* The privdata of the handshake's ROLE command (scripts use 1..N). */
+#define ROLE_CHECK ((void *)(intptr_t)-1)
+
 struct tp_redis {
     struct event_base *base;
     redisAsyncContext *ac; /* NULL while down */
+    int phase;             /* what r->ac is connected to */
     tp_redis_url url;
     tp_redis_timing timing;
     const tp_logger *log;
@@ -36,9 +51,19 @@ struct tp_redis {
     int handshake_left;             /* replies of AUTH/SELECT still awaited */
     char shas[TP_SCRIPT_COUNT][41]; /* SHA1 of each loaded script */
     char errstr[256];
+    /* Sentinel mode only. */
+    int sentinel;      /* index of the sentinel being asked */
+    char *master_host; /* the address the sentinels gave */
+    int master_port;
+    bool readonly;                          /* a READONLY reply closed the connection */
+    struct event *demoted;                  /* made active by a -READONLY reply */
+    redisReplyObjectFunctions fns;          /* hiredis's, createString wrapped */
+    redisReplyObjectFunctions *hiredis_fns; /* what the reader had */
 };
 
 static void start_connect(tp_redis *r);
+static void sentinel_failed(tp_redis *r, const char *why);
+static void on_sentinel_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
 tp_redis *tp_redis_from(const redisAsyncContext *ac) {
     return ac ? (tp_redis *)ac->data : NULL;
@@ -76,9 +101,29 @@ static void arm_timer(tp_redis *r, int ms) {
     evtimer_add(r->timer, &tv);
 }
 
+/*
+ * Detaches r->ac from us (its callbacks see tp_redis_from() == NULL, its
+ * reader gets hiredis's functions back, since it may outlive us) and frees it
+ * when `free_it` (else hiredis frees it after the current callback).
+ */
+static void release(tp_redis *r, bool free_it) {
+    redisAsyncContext *ac = r->ac;
+    if (ac == NULL)
+        return;
+    r->ac = NULL;
+    ac->data = NULL;
+    event_del(r->demoted); /* a READONLY seen on it is moot now */
+    if (ac->c.reader->fn == &r->fns) {
+        ac->c.reader->fn = r->hiredis_fns;
+        ac->c.reader->privdata = NULL;
+    }
+    if (free_it)
+        redisAsyncFree(ac);
+}
+
 /* The context is gone (hiredis freed it or will): go DOWN and retry later. */
 static void went_down(tp_redis *r, const char *why) {
-    r->ac = NULL;
+    release(r, false);
     snprintf(r->errstr, sizeof r->errstr, "%s", why);
     int ms = backoff_ms(r);
     r->attempt++;
@@ -89,11 +134,21 @@ static void went_down(tp_redis *r, const char *why) {
 
 /* Drops a live context on purpose (handshake failed, connect timed out). */
 static void drop(tp_redis *r, const char *why) {
-    redisAsyncContext *ac = r->ac;
-    ac->data = NULL; /* its callbacks must not reach us any more */
-    r->ac = NULL;
-    redisAsyncFree(ac);
+    release(r, true);
     went_down(r, why);
+}
+
+/* ROLE's reply: ["master", ...] or the address is not (or no longer) the master. */
+static bool role_is_master(tp_redis *r, const redisReply *rep) {
+    const redisReply *e =
+        rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 ? rep->element[0] : NULL;
+    if (e != NULL && e->type == REDIS_REPLY_STRING && strcmp(e->str, "master") == 0)
+        return true;
+    char why[200];
+    snprintf(why, sizeof why, "%s:%d is not a master (ROLE: %.40s)", r->master_host, r->master_port,
+             e != NULL && e->type == REDIS_REPLY_STRING ? e->str : "?");
+    drop(r, why);
+    return false;
 }
 
 static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata) {
@@ -107,6 +162,8 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata) {
         drop(r, why);
         return;
     }
+    if (privdata == ROLE_CHECK && !role_is_master(r, rep))
+        return;
     intptr_t script = (intptr_t)privdata;
     if (script > 0 && rep->type == REDIS_REPLY_STRING && rep->len == 40)
         memcpy(r->shas[script - 1], rep->str, 41);
@@ -135,12 +192,21 @@ static void send_handshake(tp_redis *r) {
         redisAsyncCommand(r->ac, on_handshake, (void *)(i + 1), "SCRIPT LOAD %s", tp_scripts[i]);
         r->handshake_left++;
     }
+    if (r->url.nsentinels > 0) {
+        redisAsyncCommand(r->ac, on_handshake, ROLE_CHECK, "ROLE");
+        r->handshake_left++;
+    }
 }
 
 static void on_connect(const redisAsyncContext *ac, int status) {
     tp_redis *r = tp_redis_from(ac);
     if (r == NULL)
         return;
+    if (r->phase == PHASE_SENTINEL) {
+        if (status != REDIS_OK)
+            sentinel_failed(r, ac->errstr); /* hiredis frees the context after this */
+        return;                             /* the timer still bounds the reply */
+    }
     evtimer_del(r->timer);
     if (status != REDIS_OK) {
         char why[200];
@@ -156,8 +222,14 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
     tp_redis *r = tp_redis_from(ac);
     if (r == NULL)
         return;
+    if (r->phase == PHASE_SENTINEL) {
+        sentinel_failed(r, status == REDIS_OK ? "connection closed" : ac->errstr);
+        return;
+    }
     char why[200];
-    if (status == REDIS_OK)
+    if (r->readonly)
+        snprintf(why, sizeof why, "closed: the master was demoted (READONLY)");
+    else if (status == REDIS_OK)
         snprintf(why, sizeof why, "connection closed");
     else
         snprintf(why, sizeof why, "connection lost: %.150s", ac->errstr);
@@ -168,6 +240,11 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
     tp_redis *r = arg;
+    if (r->ac != NULL && r->phase == PHASE_SENTINEL) {
+        release(r, true);
+        sentinel_failed(r, "no answer within the connect timeout");
+        return;
+    }
     if (r->ac != NULL) {
         char why[64];
         snprintf(why, sizeof why, "connect timed out after %d ms", r->timing.connect_timeout_ms);
@@ -177,14 +254,56 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     start_connect(r);
 }
 
-static redisAsyncContext *open_context(const tp_redis_url *url) {
-    if (url->path)
-        return redisAsyncConnectUnix(url->path);
-    return redisAsyncConnect(url->host, url->port);
+static redisAsyncContext *open_context(const tp_redis *r) {
+    if (r->url.path)
+        return redisAsyncConnectUnix(r->url.path);
+    if (r->url.nsentinels > 0)
+        return redisAsyncConnect(r->master_host, r->master_port);
+    return redisAsyncConnect(r->url.host, r->url.port);
 }
 
-static void start_connect(tp_redis *r) {
-    redisAsyncContext *ac = open_context(&r->url);
+/* Makes `ac` ours, as r->ac, and bounds its connect (or the sentinel's answer). */
+static void attach(tp_redis *r, redisAsyncContext *ac, int phase) {
+    ac->data = r;
+    r->ac = ac;
+    r->phase = phase;
+    redisLibeventAttach(ac, r->base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    arm_timer(r, r->timing.connect_timeout_ms);
+}
+
+/* Error strings are the only replies wrapped: a demoted master says READONLY. */
+static void *on_reply_string(const redisReadTask *task, char *str, size_t len) {
+    tp_redis *r = task->privdata;
+    if (task->type == REDIS_REPLY_ERROR && len >= 8 && memcmp(str, "READONLY", 8) == 0)
+        event_active(r->demoted, 0, 0);
+    return r->hiredis_fns->createString(task, str, len);
+}
+
+static void watch_readonly(tp_redis *r, redisAsyncContext *ac) {
+    r->hiredis_fns = ac->c.reader->fn;
+    r->fns = *r->hiredis_fns;
+    r->fns.createString = on_reply_string;
+    ac->c.reader->fn = &r->fns;
+    ac->c.reader->privdata = r;
+}
+
+/* Out of the parser: close the connection like a lost one (pending callbacks get NULL). */
+static void on_demoted(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    tp_redis *r = arg;
+    if (r->ac == NULL || r->phase != PHASE_MASTER)
+        return;
+    tp_log(r->log, TEMPEST_LOG_WARN, "redis: %s:%d answered READONLY: no longer the master",
+           r->master_host, r->master_port);
+    r->readonly = true;
+    redisAsyncFree(r->ac); /* runs on_disconnect, which goes DOWN */
+}
+
+static void connect_master(tp_redis *r) {
+    redisAsyncContext *ac = open_context(r);
     if (ac == NULL || ac->err) {
         char why[200];
         snprintf(why, sizeof why, "connect failed: %.150s", ac ? ac->errstr : "out of memory");
@@ -193,23 +312,129 @@ static void start_connect(tp_redis *r) {
         went_down(r, why);
         return;
     }
-    ac->data = r;
-    r->ac = ac;
-    redisLibeventAttach(ac, r->base);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    arm_timer(r, r->timing.connect_timeout_ms);
+    attach(r, ac, PHASE_MASTER);
+    r->readonly = false;
+    if (r->url.nsentinels > 0)
+        watch_readonly(r, ac);
+}
+
+/* Asks sentinel number r->sentinel where the master is. */
+static void ask_sentinel(tp_redis *r) {
+    const tp_redis_sentinel *s = &r->url.sentinels[r->sentinel];
+    redisAsyncContext *ac = redisAsyncConnect(s->host, s->port);
+    if (ac == NULL || ac->err) {
+        char why[200];
+        snprintf(why, sizeof why, "%.150s", ac ? ac->errstr : "out of memory");
+        if (ac)
+            redisAsyncFree(ac);
+        sentinel_failed(r, why);
+        return;
+    }
+    attach(r, ac, PHASE_SENTINEL);
+    if (r->url.sentinel_password)
+        redisAsyncCommand(ac, NULL, NULL, "AUTH %s", r->url.sentinel_password);
+    redisAsyncCommand(ac, on_sentinel_reply, NULL, "SENTINEL get-master-addr-by-name %s",
+                      r->url.master);
+}
+
+/* The sentinel being asked failed: ask the next one; DOWN when none is left. */
+static void sentinel_failed(tp_redis *r, const char *why) {
+    const tp_redis_sentinel *s = &r->url.sentinels[r->sentinel];
+    tp_log(r->log, TEMPEST_LOG_WARN, "redis: sentinel %s:%d: %s", s->host, s->port, why);
+    release(r, false);
+    if (++r->sentinel < r->url.nsentinels) {
+        ask_sentinel(r);
+        return;
+    }
+    char all[200];
+    snprintf(all, sizeof all, "no sentinel gave the address of master \"%.40s\" (last: %.100s)",
+             r->url.master, why);
+    went_down(r, all);
+}
+
+/* ["host", "port"]: keeps the address (`changed` says if it is new); else false, `why` set. */
+static bool take_master_addr(tp_redis *r, const redisReply *rep, bool *changed, char *why,
+                             size_t whylen) {
+    if (rep->type == REDIS_REPLY_ERROR) {
+        snprintf(why, whylen, "%.150s", rep->str);
+        return false;
+    }
+    if (rep->type == REDIS_REPLY_NIL) {
+        snprintf(why, whylen, "does not know master \"%.40s\"", r->url.master);
+        return false;
+    }
+    char *end = NULL;
+    long port = 0;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+        rep->element[0]->type == REDIS_REPLY_STRING && rep->element[1]->type == REDIS_REPLY_STRING)
+        port = strtol(rep->element[1]->str, &end, 10);
+    char *host = port > 0 && port <= 65535 && *end == '\0' ? tp_strdup(rep->element[0]->str) : NULL;
+    if (host == NULL) {
+        snprintf(why, whylen, "unexpected reply to SENTINEL get-master-addr-by-name");
+        return false;
+    }
+    *changed =
+        r->master_host == NULL || strcmp(host, r->master_host) != 0 || port != r->master_port;
+    free(r->master_host);
+    r->master_host = host;
+    r->master_port = (int)port;
+    return true;
+}
+
+static void on_sentinel_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    (void)privdata;
+    tp_redis *r = tp_redis_from(ac);
+    char why[200];
+    if (r == NULL || reply == NULL)
+        return;       /* freed, or the disconnect callback handles it */
+    release(r, true); /* hiredis frees it when this callback returns */
+    bool changed = false;
+    if (!take_master_addr(r, reply, &changed, why, sizeof why)) {
+        sentinel_failed(r, why);
+        return;
+    }
+    const tp_redis_sentinel *s = &r->url.sentinels[r->sentinel];
+    tp_log(r->log, changed ? TEMPEST_LOG_INFO : TEMPEST_LOG_DEBUG,
+           "redis: sentinel %s:%d: master \"%s\" is at %s:%d", s->host, s->port, r->url.master,
+           r->master_host, r->master_port);
+    connect_master(r);
+}
+
+static void start_connect(tp_redis *r) {
+    if (r->url.nsentinels == 0) {
+        connect_master(r);
+        return;
+    }
+    r->sentinel = 0;
+    ask_sentinel(r);
+}
+
+static bool dup_into(char **dst, const char *src) {
+    *dst = tp_strdup(src);
+    return src == NULL || *dst != NULL;
 }
 
 static int copy_url(tp_redis_url *dst, const tp_redis_url *src) {
     *dst = *src;
-    dst->host = tp_strdup(src->host);
-    dst->path = tp_strdup(src->path);
-    dst->user = tp_strdup(src->user);
-    dst->password = tp_strdup(src->password);
-    if ((src->host && !dst->host) || (src->path && !dst->path) || (src->user && !dst->user) ||
-        (src->password && !dst->password))
+    dst->sentinels = NULL;
+    dst->nsentinels = 0;
+    bool ok = dup_into(&dst->host, src->host) & dup_into(&dst->path, src->path) &
+              dup_into(&dst->user, src->user) & dup_into(&dst->password, src->password) &
+              dup_into(&dst->master, src->master) &
+              dup_into(&dst->sentinel_password, src->sentinel_password);
+    if (!ok)
         return TEMPEST_ENOMEM;
+    if (src->nsentinels > 0) {
+        dst->sentinels = tp_calloc((size_t)src->nsentinels, sizeof *dst->sentinels);
+        if (dst->sentinels == NULL)
+            return TEMPEST_ENOMEM;
+    }
+    for (; dst->nsentinels < src->nsentinels; dst->nsentinels++) {
+        int i = dst->nsentinels;
+        dst->sentinels[i].port = src->sentinels[i].port;
+        if (!dup_into(&dst->sentinels[i].host, src->sentinels[i].host))
+            return TEMPEST_ENOMEM;
+    }
     return 0;
 }
 
@@ -233,7 +458,8 @@ tp_redis *tp_redis_new(struct event_base *base, const tp_redis_url *url,
         r->timing.reconnect_max_ms =
             r->timing.reconnect_min_ms > 5000 ? r->timing.reconnect_min_ms : 5000;
     r->timer = evtimer_new(base, on_timer, r);
-    if (r->timer == NULL || copy_url(&r->url, url) != 0)
+    r->demoted = event_new(base, -1, 0, on_demoted, r);
+    if (r->timer == NULL || r->demoted == NULL || copy_url(&r->url, url) != 0)
         goto fail;
     start_connect(r);
     return r;
@@ -245,12 +471,12 @@ fail:
 void tp_redis_free(tp_redis *r) {
     if (r == NULL)
         return;
-    if (r->ac) {
-        r->ac->data = NULL;
-        redisAsyncFree(r->ac);
-    }
+    release(r, true);
     if (r->timer)
         event_free(r->timer);
+    if (r->demoted)
+        event_free(r->demoted);
+    free(r->master_host);
     tp_redis_url_clear(&r->url);
     free(r);
 }

@@ -3,7 +3,8 @@
  * One managed asynchronous Redis connection on hiredis's async API and its
  * libevent adapter: connect with a timeout, AUTH and SELECT, TCP keepalive,
  * reconnect with capped exponential backoff and jitter, and tell the owner
- * when it goes up or down. Also opens the plain async connections the
+ * when it goes up or down. With a redis+sentinel:// URL, each (re)connect
+ * first asks the sentinels where the master is. Also opens the plain async connections the
  * worker uses to answer node listeners.
  *
  * Reply callbacks are hiredis's own (redisCallbackFn). A callback gets a

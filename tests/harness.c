@@ -254,15 +254,23 @@ static void tt_print_log(const tt_redis *r) {
 
 /* ---- the child process --------------------------------------------------- */
 
-/* Builds the redis-server argv; `port` (16 bytes) and `logfile` (PATH_MAX) hold strings. */
-static int tt_build_argv(const tt_redis *r, const char *exe, const char *const *extra, char *port,
-                         char *logfile, const char **argv) {
+/*
+ * Builds the redis-server argv; `port` (16 bytes) and `logfile` (PATH_MAX)
+ * hold strings. With `conf` (a sentinel's config file) it runs in sentinel
+ * mode.
+ */
+static int tt_build_argv(const tt_redis *r, const char *exe, const char *conf,
+                         const char *const *extra, char *port, char *logfile, const char **argv) {
     static const char *const fixed[] = {"--bind",       "127.0.0.1", "--save",      "",
                                         "--appendonly", "no",        "--daemonize", "no"};
     size_t n = 0;
     snprintf(port, 16, "%d", r->port);
     snprintf(logfile, PATH_MAX, "%s/redis.log", r->dir);
     argv[n++] = exe;
+    if (conf != NULL) {
+        argv[n++] = conf; /* the config file must come first */
+        argv[n++] = "--sentinel";
+    }
     argv[n++] = "--port";
     argv[n++] = port;
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
@@ -311,14 +319,14 @@ static void tt_child(const char *exe, const char **argv, pid_t parent) {
     _exit(127);
 }
 
-static int tt_spawn(tt_redis *r, const char *const *extra) {
+static int tt_spawn(tt_redis *r, const char *conf, const char *const *extra) {
     char exe[PATH_MAX], port[16], logfile[PATH_MAX];
     const char *argv[TT_MAX_ARGS];
     if (!tt_find_redis(exe, sizeof exe)) {
         fprintf(stderr, "harness: redis-server not found in PATH\n");
         return -1;
     }
-    if (tt_build_argv(r, exe, extra, port, logfile, argv) == -1) {
+    if (tt_build_argv(r, exe, conf, extra, port, logfile, argv) == -1) {
         fprintf(stderr, "harness: too many extra redis-server arguments\n");
         return -1;
     }
@@ -394,8 +402,8 @@ static int tt_wait_ready(tt_redis *r) {
 }
 
 /* Spawns on r->port and r->dir and waits; on failure nothing is left running. */
-static int tt_launch(tt_redis *r, const char *const *extra) {
-    if (tt_spawn(r, extra) == -1)
+static int tt_launch(tt_redis *r, const char *conf, const char *const *extra) {
+    if (tt_spawn(r, conf, extra) == -1)
         return -1;
     if (tt_wait_ready(r) == 0) {
         tt_register(r, extra);
@@ -440,7 +448,7 @@ int tt_redis_start(tt_redis *r, const char *const *extra) {
         if (r->port <= 0)
             break;
         snprintf(r->url, sizeof r->url, "redis://127.0.0.1:%d", r->port);
-        if (tt_launch(r, extra) == 0)
+        if (tt_launch(r, NULL, extra) == 0)
             return 0;
     }
     tt_rmtree(r->dir);
@@ -488,7 +496,45 @@ int tt_redis_restart(tt_redis *r, const char *const *extra) {
     if (r->dir[0] == '\0' || (mkdir(r->dir, 0700) == -1 && errno != EEXIST))
         if (tt_make_dir(r) == -1)
             return -1;
-    return tt_launch(r, extra);
+    return tt_launch(r, NULL, extra);
+}
+
+/* Writes the sentinel's config (it must be writable: Sentinel rewrites it). */
+static int tt_sentinel_conf(const tt_redis *r, const char *name, int master_port, char *path,
+                            size_t size) {
+    snprintf(path, size, "%s/sentinel.conf", r->dir);
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return -1;
+    fprintf(f,
+            "port %d\n"
+            "sentinel monitor %s 127.0.0.1 %d 2\n"
+            "sentinel down-after-milliseconds %s 500\n"
+            "sentinel failover-timeout %s 3000\n",
+            r->port, name, master_port, name, name);
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+int tt_sentinel_start(tt_redis *r, const char *name, int master_port) {
+    char conf[PATH_MAX];
+    memset(r, 0, sizeof *r);
+    if (!tt_atexit_registered) {
+        tt_sweep_stale_dirs();
+        tt_atexit_registered = atexit(tt_cleanup_at_exit) == 0;
+    }
+    if (tt_make_dir(r) == -1)
+        return -1;
+    for (int attempt = 0; attempt < TT_START_ATTEMPTS; attempt++) {
+        r->port = tt_free_port();
+        if (r->port <= 0 || tt_sentinel_conf(r, name, master_port, conf, sizeof conf) == -1)
+            break;
+        snprintf(r->url, sizeof r->url, "redis://127.0.0.1:%d", r->port);
+        if (tt_launch(r, conf, NULL) == 0)
+            return 0;
+    }
+    tt_rmtree(r->dir);
+    memset(r, 0, sizeof *r);
+    return -1;
 }
 
 /* ---- synchronous commands ------------------------------------------------ */

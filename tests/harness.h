@@ -45,6 +45,15 @@ void tt_redis_kill(tt_redis *r);
 int tt_redis_restart(tt_redis *r, const char *const *extra);
 
 /**
+ * Starts a Sentinel (redis-server --sentinel) on 127.0.0.1 and a free port
+ * that monitors master `name` at 127.0.0.1:`master_port` with quorum 2,
+ * down-after 500 ms and failover-timeout 3000 ms, its config file in its
+ * own dir. Stop or kill it like a server. Returns 0 or -1 (sentinel mode
+ * unavailable, or it did not answer PING within 5 s).
+ */
+int tt_sentinel_start(tt_redis *r, const char *name, int master_port);
+
+/**
  * Runs a synchronous command on the server (hiredis, blocking; test only)
  * and returns the reply as an integer (for :N replies), or the length of a
  * list/array reply, or -1 on error. `fmt` as redisCommand.

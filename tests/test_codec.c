@@ -710,6 +710,10 @@ static void redis_bad(const char *url, const char *needle) {
     assert_null(u.password);
     assert_int_equal(u.port, 0);
     assert_int_equal(u.db, 0);
+    assert_null(u.sentinels);
+    assert_int_equal(u.nsentinels, 0);
+    assert_null(u.master);
+    assert_null(u.sentinel_password);
     assert_contains(err, needle);
     assert_lacks(err, "secret");
 }
@@ -831,6 +835,91 @@ static void test_redis_url_unix_errors(void **state) {
     redis_bad("unix:///s?db=1&x=2", "database must be");
     redis_bad("unix:///s?password=secret", "unexpected '?' after the socket path");
     redis_bad("unix:///s#x", "unexpected '#'");
+}
+
+/* Parses a sentinel URL and checks it; `hosts` is "h:p,h:p" as parsed. */
+static void sentinel_ok(const char *url, const char *hosts, const char *master, const char *user,
+                        const char *password, int db, const char *sentinel_password) {
+    tp_redis_url u;
+    char err[256] = "", got[512] = "";
+    size_t n = 0;
+
+    if (tp_redis_url_parse(url, &u, err, sizeof err) != 0)
+        fail_msg("%s: %s", url, err);
+    assert_null(u.host);
+    assert_null(u.path);
+    for (int i = 0; i < u.nsentinels; i++)
+        n += (size_t)snprintf(got + n, sizeof got - n, "%s%s:%d", i ? "," : "", u.sentinels[i].host,
+                              u.sentinels[i].port);
+    assert_string_equal(got, hosts);
+    assert_string_equal(u.master, master);
+    if (user == NULL)
+        assert_null(u.user);
+    else
+        assert_string_equal(u.user, user);
+    if (password == NULL)
+        assert_null(u.password);
+    else
+        assert_string_equal(u.password, password);
+    if (sentinel_password == NULL)
+        assert_null(u.sentinel_password);
+    else
+        assert_string_equal(u.sentinel_password, sentinel_password);
+    assert_int_equal(u.db, db);
+    tp_redis_url_clear(&u);
+    assert_null(u.sentinels);
+    assert_int_equal(u.nsentinels, 0);
+    assert_null(u.master);
+}
+
+static void test_redis_url_sentinel(void **state) {
+    (void)state;
+    sentinel_ok("redis+sentinel://127.0.0.1:26380/mymaster", "127.0.0.1:26380", "mymaster", NULL,
+                NULL, 0, NULL);
+    sentinel_ok("redis+sentinel://a,b:1,[::1]:2,[::1]/m", "a:26379,b:1,::1:2,::1:26379", "m", NULL,
+                NULL, 0, NULL);
+    sentinel_ok("REDIS+SENTINEL://:secret@h/m/3", "h:26379", "m", NULL, "secret", 3, NULL);
+    sentinel_ok("redis+sentinel://al%69ce:p%40ss@h1,h2/my-master.1/", "h1:26379,h2:26379",
+                "my-master.1", "alice", "p@ss", 0, NULL);
+    sentinel_ok("redis+sentinel://h/m?sentinel_password=s%26p", "h:26379", "m", NULL, NULL, 0,
+                "s&p");
+    sentinel_ok("redis+sentinel://:pw@h/m/2?sentinel_password=sp", "h:26379", "m", NULL, "pw", 2,
+                "sp");
+    sentinel_ok("redis+sentinel://h1,h2,h3,h4,h5,h6,h7,h8,h9,h10,h11,h12,h13,h14,h15,h16/m",
+                "h1:26379,h2:26379,h3:26379,h4:26379,h5:26379,h6:26379,h7:26379,h8:26379,"
+                "h9:26379,h10:26379,h11:26379,h12:26379,h13:26379,h14:26379,h15:26379,h16:26379",
+                "m", NULL, NULL, 0, NULL);
+}
+
+static void test_redis_url_sentinel_errors(void **state) {
+    (void)state;
+    redis_bad("redis+sentinel://", "empty host");
+    redis_bad("redis+sentinel:///m", "empty host");
+    redis_bad("redis+sentinel://h,/m", "empty host");
+    redis_bad("redis+sentinel://,h/m", "empty host");
+    redis_bad("redis+sentinel://:secret@/m", "empty host");
+    redis_bad("redis+sentinel://h:0/m", "port must be a number from 1 to 65535");
+    redis_bad("redis+sentinel://h:1,k:x/m", "port must be");
+    redis_bad("redis+sentinel://::1/m", "must be in brackets");
+    redis_bad("redis+sentinel://[::1/m", "missing ']'");
+    redis_bad("redis+sentinel://h", "expected /mastername after the sentinels");
+    redis_bad("redis+sentinel://:secret@h?x", "expected /mastername");
+    redis_bad("redis+sentinel://h/", "empty master name");
+    redis_bad("redis+sentinel://h//1", "empty master name");
+    redis_bad("redis+sentinel://h/m%20x", "invalid character in the master name");
+    redis_bad("redis+sentinel://h/m/x", "database must be");
+    redis_bad("redis+sentinel://h/m/1/2", "database must be");
+    redis_bad("redis+sentinel://h/m?db=1", "only ?sentinel_password=P may follow");
+    redis_bad("redis+sentinel://h/m#x", "only ?sentinel_password=P");
+    redis_bad("redis+sentinel://h/m?sentinel_password=", "empty sentinel password");
+    redis_bad("redis+sentinel://h/m?sentinel_password=secret&x=1", "only ?sentinel_password=P");
+    redis_bad("redis+sentinel://h/m?sentinel_password=secret%zz",
+              "invalid %-escape in the sentinel password");
+    redis_bad("redis+sentinel://secret@h/m", "expected [user]:password before '@'");
+    redis_bad("redis+sentinel://:secret%0@h/m", "invalid %-escape in the password");
+    redis_bad("redis+sentinel://h1,h2,h3,h4,h5,h6,h7,h8,h9,h10,h11,h12,h13,h14,h15,h16,h17/m",
+              "more than 16 sentinels");
+    redis_bad("redis+sentinels://h/m", "unknown scheme \"redis+sentinels\"");
 }
 
 static void test_redis_url_misc(void **state) {
@@ -1060,6 +1149,8 @@ int main(void) {
         cmocka_unit_test(test_redis_url_db_errors),
         cmocka_unit_test(test_redis_url_auth_errors),
         cmocka_unit_test(test_redis_url_unix_errors),
+        cmocka_unit_test(test_redis_url_sentinel),
+        cmocka_unit_test(test_redis_url_sentinel_errors),
         cmocka_unit_test(test_redis_url_misc),
         cmocka_unit_test(test_addr_valid),
         cmocka_unit_test(test_addr_errors),

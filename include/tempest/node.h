@@ -40,9 +40,14 @@ typedef void tempest_state_fn(tempest_node *node, int state, const char *reason,
  * for each field. Strings are copied by tempest_node_new().
  */
 typedef struct tempest_node_options {
-    /** Redis URL: `redis://[[user]:password@]host[:port][/db]` or
-     *  `unix:///path[?db=N]`. NULL: $TEMPEST_REDIS_URL, else
-     *  `redis://127.0.0.1:6379`. */
+    /** Redis URL: `redis://[[user]:password@]host[:port][/db]`,
+     *  `unix:///path[?db=N]`, or, through Redis Sentinel,
+     *  `redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db]`
+     *  with an optional `?sentinel_password=P` (sentinel port default
+     *  26379; user and password are the master's). With sentinels, every
+     *  connect and reconnect asks them in turn for the master's address and
+     *  checks its ROLE; a -READONLY reply (a demoted master) drops the
+     *  connection. NULL: $TEMPEST_REDIS_URL, else `redis://127.0.0.1:6379`. */
     const char *redis_url;
     /** `host:port` to bind the node listener to; port 0 picks a free port.
      *  NULL: `127.0.0.1:0`. The listener is opened when first needed (a
