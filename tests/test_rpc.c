@@ -943,10 +943,15 @@ static void test_registry_and_leave(void **state) {
     tempest_responder_free(s.r);
     s.r = NULL;
     wait_live(f, rq, 0);
-    assert_int_equal(pe.left, 1);
     tt_run_for(f->base, 300);
     assert_int_equal(tt_redis_int(&f->redis, "ZCARD tempest:default:svc:reg"), 0);
-    assert_int_equal(pe.expired, 0);
+    /* Known race (a valgrind CI run hit it): a registry read sent after the
+     * withdrawal but answered before the `leave` announcement arrives on the
+     * subscribe connection reports the responder EXPIRED, not LEFT. Exactly
+     * one of the two is told. */
+    assert_int_equal(pe.left + pe.expired, 1);
+    if (pe.expired != 0)
+        print_message("the registry read beat the leave announcement: told EXPIRED\n");
     assert_int_equal(tempest_requester_live(other), 0);
     tempest_requester_free(other);
     tempest_requester_free(rq);
