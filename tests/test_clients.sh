@@ -106,6 +106,7 @@ redis_port=""
 for attempt in 1 2 3 4 5; do
     port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
     if [[ $port == 6379 ]] || port_in_use "$port"; then continue; fi
+    : >"$tmp/redis.log"
     redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
         --dir "$tmp" --daemonize no --logfile "" >"$tmp/redis.log" 2>&1 </dev/null &
     pid=$!
@@ -128,7 +129,10 @@ done
 [[ -n $redis_port ]] || { show; fail "could not start redis-server"; }
 rcli=(redis-cli -p "$redis_port")
 
-# Port 0: the front picks a free port and prints it in its ready line.
+# Port 0: the front picks a free port and prints it in its ready line. The
+# logs are created here: a background job opens its redirections only once it
+# runs, so a read of the log right after `&` could find no file (a CI failure).
+: >"$tmp/front.log"
 "$front_bin" --redis "redis://127.0.0.1:$redis_port" --http 127.0.0.1:0 \
     --cors '*' >"$tmp/front.log" 2>&1 </dev/null &
 front_pid=$!
@@ -150,6 +154,7 @@ names=(eventsource browser-file browser-http)
 ready=("connected to" "page open" "page open") # what each prints on stderr once connected
 client_pids=()
 cd "$clients"
+for name in "${names[@]}"; do : >"$tmp/$name.log"; done
 node eventsource.mjs --timeout 30 "$url" >"$tmp/eventsource.out" 2>"$tmp/eventsource.log" &
 client_pids+=("$!")
 node browser.mjs --timeout 30 "$url" >"$tmp/browser-file.out" 2>"$tmp/browser-file.log" &
