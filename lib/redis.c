@@ -383,10 +383,11 @@ static size_t arg_len(const char **argv, const size_t *argvlen, int i) {
 
 /* The RESP form of a command, in `buf` when it fits (else malloc'd): what
  * redisFormatCommandArgv makes, without its per-argument sdscatfmt.
- * `argvlen` may be NULL for C strings. */
+ * `argvlen` may be NULL for C strings. NUL-terminated, as hiredis's own:
+ * redisAsyncFormattedCommand scans (P)SUBSCRIBE commands with strchr. */
 static char *format_argv(char *buf, size_t size, int argc, const char **argv, const size_t *argvlen,
                          size_t *len) {
-    size_t need = 24;
+    size_t need = 25;
     for (int i = 0; i < argc; i++)
         need += arg_len(argv, argvlen, i) + 28;
     char *cmd = need <= size ? buf : tp_malloc(need), *p = cmd;
@@ -401,6 +402,7 @@ static char *format_argv(char *buf, size_t size, int argc, const char **argv, co
         *p++ = '\r';
         *p++ = '\n';
     }
+    *p = '\0';
     *len = (size_t)(p - cmd);
     return cmd;
 }

@@ -28,18 +28,20 @@ static const char heartbeat[] = "-- tempest:heartbeat\n" HEARTBEAT_BODY;
 
 /* Acknowledges the finished jobs ARGV[first..last] (oldest first): removes
  * each from the processing list and forgets its attempt count. Jobs finish
- * mostly in the order they were taken, so they sit at the tail: one LRANGE
- * finds how many of the last elements are finished and one LTRIM drops
- * them; LREM (from the tail) removes the others. Either way each job's last
+ * mostly in the order they were taken, so they sit at the tail, the oldest
+ * last: one LRANGE finds how many of the last elements are finished (first
+ * in the order given, then in any order) and one LTRIM drops them; LREM
+ * (from the tail) removes the others. Either way each job's last
  * occurrence goes, as LREM -1 would remove it. Attempt counts exist only
  * for requeued jobs: skip the hashing otherwise. */
 #define ACK_FN                                                                                     \
     "local function ack(plist, attempts, first, last)\n"                                           \
     "  if last < first then return end\n"                                                          \
-    "  local want = {}\n"                                                                          \
-    "  for i = first, last do want[ARGV[i]] = (want[ARGV[i]] or 0) + 1 end\n"                      \
     "  local tail, k = redis.call('LRANGE', plist, first - last - 1, -1), 0\n"                     \
-    "  for i = #tail, 1, -1 do\n"                                                                  \
+    "  local t, want = #tail, {}\n"                                                                \
+    "  while first + k <= last and k < t and tail[t - k] == ARGV[first + k] do k = k + 1 end\n"    \
+    "  for i = first + k, last do want[ARGV[i]] = (want[ARGV[i]] or 0) + 1 end\n"                  \
+    "  for i = t - k, 1, -1 do\n"                                                                  \
     "    local c = want[tail[i]]\n"                                                                \
     "    if not c or c == 0 then break end\n"                                                      \
     "    want[tail[i]] = c - 1\n"                                                                  \

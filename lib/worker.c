@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The worker: takes jobs with BLPOP (bounded by a Redis-side timeout) on a
- * connection of its own, decodes them, dispatches them by action, and sends
- * the answers over cached connections to the producers' node listeners (one
- * per distinct respond_to address). Undecodable jobs go to a dead-letter
- * list. Handlers run inside the take's reply callback; `depth` and
- * `freeing` let a handler free the worker.
+ * The worker: takes jobs on a connection of its own, with the take script
+ * (up to `concurrency` jobs at once, the acks of finished jobs riding along)
+ * or, once the queues are dry, with BLMOVE (bounded by a Redis-side
+ * timeout); decodes them, dispatches them by action, and sends the answers
+ * over cached connections to the producers' node listeners (one per
+ * distinct respond_to address). Undecodable jobs go to a dead-letter list.
+ * Handlers run inside the take's reply callback; `depth` and `freeing` let
+ * a handler free the worker.
  */
 #include <event2/event.h>
 #include <signal.h>
