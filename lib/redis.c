@@ -17,7 +17,7 @@
  */
 #include <errno.h>
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
@@ -64,6 +64,109 @@ struct tp_redis {
 static void start_connect(tp_redis *r);
 static void sentinel_failed(tp_redis *r, const char *why);
 static void on_sentinel_reply(redisAsyncContext *ac, void *reply, void *privdata);
+
+/* ---- event loop adapter ---------------------------------------------- */
+
+/*
+ * hiredis's libevent adapter, less two system calls per command: the read
+ * event persists (the stock adapter deletes and adds it around every read),
+ * and a connected context writes at the end of the loop turn that queued
+ * its commands, from a deferred callback, instead of waiting for epoll to
+ * report the socket writable. Only a write the kernel did not take whole,
+ * or a connect in progress, waits for EV_WRITE.
+ */
+typedef struct adapter {
+    redisAsyncContext *ac;
+    struct event *rev, *wev, *flush;
+    bool flushing; /* inside redisAsyncHandleWrite from the flush */
+    bool freed;    /* hiredis cleaned up during that write */
+} adapter;
+
+static void on_readable(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    redisAsyncHandleRead(((adapter *)arg)->ac);
+}
+
+static void on_writable(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    redisAsyncHandleWrite(((adapter *)arg)->ac);
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    adapter *a = arg;
+    a->flushing = true;
+    redisAsyncHandleWrite(a->ac);
+    if (a->freed)
+        free(a);
+    else
+        a->flushing = false;
+}
+
+static void add_read(void *arg) {
+    adapter *a = arg;
+    if (!event_pending(a->rev, EV_READ, NULL))
+        event_add(a->rev, NULL);
+}
+
+static void del_read(void *arg) {
+    event_del(((adapter *)arg)->rev);
+}
+
+static void add_write(void *arg) {
+    adapter *a = arg;
+    if (a->flushing || !(a->ac->c.flags & REDIS_CONNECTED))
+        event_add(a->wev, NULL);
+    else
+        event_active(a->flush, EV_TIMEOUT, 1);
+}
+
+static void del_write(void *arg) {
+    event_del(((adapter *)arg)->wev);
+}
+
+static void free_events(adapter *a) {
+    struct event *evs[] = {a->rev, a->wev, a->flush};
+    for (int i = 0; i < 3; i++)
+        if (evs[i])
+            event_free(evs[i]);
+}
+
+static void cleanup(void *arg) {
+    adapter *a = arg;
+    free_events(a);
+    if (a->flushing)
+        a->freed = true; /* on_flush frees it when the write returns */
+    else
+        free(a);
+}
+
+static int loop_attach(redisAsyncContext *ac, struct event_base *base) {
+    adapter *a = ac->ev.data == NULL ? tp_calloc(1, sizeof *a) : NULL;
+    if (a == NULL)
+        return REDIS_ERR;
+    a->ac = ac;
+    a->rev = event_new(base, ac->c.fd, EV_READ | EV_PERSIST, on_readable, a);
+    a->wev = event_new(base, ac->c.fd, EV_WRITE, on_writable, a);
+    a->flush = event_new(base, -1, 0, on_flush, a);
+    if (a->rev == NULL || a->wev == NULL || a->flush == NULL) {
+        free_events(a);
+        free(a);
+        return REDIS_ERR;
+    }
+    ac->ev.data = a;
+    ac->ev.addRead = add_read;
+    ac->ev.delRead = del_read;
+    ac->ev.addWrite = add_write;
+    ac->ev.delWrite = del_write;
+    ac->ev.cleanup = cleanup;
+    return REDIS_OK;
+}
+
+/* ---- the managed connection ------------------------------------------ */
 
 tp_redis *tp_redis_from(const redisAsyncContext *ac) {
     return ac ? (tp_redis *)ac->data : NULL;
@@ -263,14 +366,18 @@ static redisAsyncContext *open_context(const tp_redis *r) {
 }
 
 /* Makes `ac` ours, as r->ac, and bounds its connect (or the sentinel's answer). */
-static void attach(tp_redis *r, redisAsyncContext *ac, int phase) {
+static bool attach(tp_redis *r, redisAsyncContext *ac, int phase) {
+    if (loop_attach(ac, r->base) != REDIS_OK) {
+        redisAsyncFree(ac);
+        return false;
+    }
     ac->data = r;
     r->ac = ac;
     r->phase = phase;
-    redisLibeventAttach(ac, r->base);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     arm_timer(r, r->timing.connect_timeout_ms);
+    return true;
 }
 
 /* Error strings are the only replies wrapped: a demoted master says READONLY. */
@@ -312,7 +419,10 @@ static void connect_master(tp_redis *r) {
         went_down(r, why);
         return;
     }
-    attach(r, ac, PHASE_MASTER);
+    if (!attach(r, ac, PHASE_MASTER)) {
+        went_down(r, "connect failed: out of memory");
+        return;
+    }
     r->readonly = false;
     if (r->url.nsentinels > 0)
         watch_readonly(r, ac);
@@ -330,7 +440,10 @@ static void ask_sentinel(tp_redis *r) {
         sentinel_failed(r, why);
         return;
     }
-    attach(r, ac, PHASE_SENTINEL);
+    if (!attach(r, ac, PHASE_SENTINEL)) {
+        sentinel_failed(r, "out of memory");
+        return;
+    }
     if (r->url.sentinel_password)
         redisAsyncCommand(ac, NULL, NULL, "AUTH %s", r->url.sentinel_password);
     redisAsyncCommand(ac, on_sentinel_reply, NULL, "SENTINEL get-master-addr-by-name %s",
@@ -487,13 +600,64 @@ void tp_redis_flush(tp_redis *r) {
         redisBufferWrite(&r->ac->c, &done);
 }
 
+/* Writes `c` then the decimal digits of `n` then CRLF at `p`; returns the end. */
+static char *put_header(char *p, char c, size_t n) {
+    char digits[24];
+    int k = 0;
+    do
+        digits[k++] = (char)('0' + n % 10);
+    while ((n /= 10) > 0);
+    *p++ = c;
+    while (k > 0)
+        *p++ = digits[--k];
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+static size_t arg_len(const char **argv, const size_t *argvlen, int i) {
+    return argvlen ? argvlen[i] : strlen(argv[i]);
+}
+
+/* The RESP form of a command, in `buf` when it fits (else malloc'd): what
+ * redisFormatCommandArgv makes, without its per-argument sdscatfmt.
+ * `argvlen` may be NULL for C strings. NUL-terminated, as hiredis's own:
+ * redisAsyncFormattedCommand scans (P)SUBSCRIBE commands with strchr. */
+static char *format_argv(char *buf, size_t size, int argc, const char **argv, const size_t *argvlen,
+                         size_t *len) {
+    size_t need = 25;
+    for (int i = 0; i < argc; i++)
+        need += arg_len(argv, argvlen, i) + 28;
+    char *cmd = need <= size ? buf : tp_malloc(need), *p = cmd;
+    if (cmd == NULL)
+        return NULL;
+    p = put_header(p, '*', (size_t)argc);
+    for (int i = 0; i < argc; i++) {
+        size_t n = arg_len(argv, argvlen, i);
+        p = put_header(p, '$', n);
+        memcpy(p, argv[i], n);
+        p += n;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *p = '\0';
+    *len = (size_t)(p - cmd);
+    return cmd;
+}
+
 int tp_redis_argv(tp_redis *r, redisCallbackFn *fn, void *privdata, int argc, const char **argv,
                   const size_t *argvlen) {
     if (r->state != TEMPEST_NODE_UP || r->ac == NULL)
         return TEMPEST_EDOWN;
-    if (redisAsyncCommandArgv(r->ac, fn, privdata, argc, argv, argvlen) != REDIS_OK)
-        return TEMPEST_EDOWN;
-    return 0;
+    char buf[4096];
+    size_t len;
+    char *cmd = format_argv(buf, sizeof buf, argc, argv, argvlen, &len);
+    if (cmd == NULL)
+        return TEMPEST_ENOMEM;
+    int rc = redisAsyncFormattedCommand(r->ac, fn, privdata, cmd, len);
+    if (cmd != buf)
+        free(cmd);
+    return rc == REDIS_OK ? 0 : TEMPEST_EDOWN;
 }
 
 int tp_redis_cmd(tp_redis *r, redisCallbackFn *fn, void *privdata, const char *fmt, ...) {
@@ -518,7 +682,11 @@ redisAsyncContext *tp_redis_connect_raw(struct event_base *base, const char *hos
     }
     int one = 1;
     setsockopt(ac->c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    redisLibeventAttach(ac, base);
+    if (loop_attach(ac, base) != REDIS_OK) {
+        snprintf(err, errlen, "cannot connect to %s:%d: out of memory", host, port);
+        redisAsyncFree(ac);
+        return NULL;
+    }
     return ac;
 }
 

@@ -81,7 +81,7 @@ int tp_redis_script(tp_redis *r, redisCallbackFn *fn, void *privdata, int script
                     int argc, const char **argv, const size_t *argvlen);
 
 /** Most arguments (keys included) tp_redis_script takes. */
-#define TP_SCRIPT_MAX_ARGS 61
+#define TP_SCRIPT_MAX_ARGS 320
 
 /**
  * Opens a plain async connection to `host:port` on `base` (no AUTH, no

@@ -26,37 +26,73 @@
 
 static const char heartbeat[] = "-- tempest:heartbeat\n" HEARTBEAT_BODY;
 
-/* KEYS: n triples (queue, processing, alive, workers) = 4 per queue.
- * ARGV: ttl ms, info, worker id, max jobs.
- * Returns a flat array of (queue index, job) pairs. */
+/* Acknowledges the finished jobs ARGV[first..last] (oldest first): removes
+ * each from the processing list and forgets its attempt count. Jobs finish
+ * mostly in the order they were taken, so they sit at the tail, the oldest
+ * last: one LRANGE finds how many of the last elements are finished (first
+ * in the order given, then in any order) and one LTRIM drops them; LREM
+ * (from the tail) removes the others. Either way each job's last
+ * occurrence goes, as LREM -1 would remove it. Attempt counts exist only
+ * for requeued jobs: skip the hashing otherwise. */
+#define ACK_FN                                                                                     \
+    "local function ack(plist, attempts, first, last)\n"                                           \
+    "  if last < first then return end\n"                                                          \
+    "  local tail, k = redis.call('LRANGE', plist, first - last - 1, -1), 0\n"                     \
+    "  local t, want = #tail, {}\n"                                                                \
+    "  while first + k <= last and k < t and tail[t - k] == ARGV[first + k] do k = k + 1 end\n"    \
+    "  for i = first + k, last do want[ARGV[i]] = (want[ARGV[i]] or 0) + 1 end\n"                  \
+    "  for i = t - k, 1, -1 do\n"                                                                  \
+    "    local c = want[tail[i]]\n"                                                                \
+    "    if not c or c == 0 then break end\n"                                                      \
+    "    want[tail[i]] = c - 1\n"                                                                  \
+    "    k = k + 1\n"                                                                              \
+    "  end\n"                                                                                      \
+    "  if k > 0 then redis.call('LTRIM', plist, 0, -k - 1) end\n"                                  \
+    "  for job, c in pairs(want) do\n"                                                             \
+    "    for _ = 1, c do redis.call('LREM', plist, '-1', job) end\n"                               \
+    "  end\n"                                                                                      \
+    "  if redis.call('EXISTS', attempts) == 1 then\n"                                              \
+    "    local h = {}\n"                                                                           \
+    "    for i = first, last do h[#h + 1] = redis.sha1hex(ARGV[i]) end\n"                          \
+    "    redis.call('HDEL', attempts, unpack(h))\n"                                                \
+    "  end\n"                                                                                      \
+    "end\n"
+
+/* KEYS: per queue (queue, processing, alive, workers, attempts) = 5 each.
+ * ARGV: ttl ms, info, worker id, max jobs, then for each queue a count n
+ * and n finished jobs to acknowledge first (oldest first).
+ * Returns one array of jobs per queue, in KEYS order. LRANGE, LPUSH and
+ * LTRIM move a queue's jobs in three calls, the queue trimmed last so that
+ * a failing push (a processing key of the wrong type) loses nothing; the
+ * processing list ends as a loop of LMOVE LEFT LEFT leaves it (newest at
+ * the head, oldest at the tail). The LPUSH goes by chunks, within Lua's
+ * limit on unpack(). */
 static const char take[] =
-    "-- tempest:take\n"
-    "for i = 1, #KEYS, 4 do\n"
+    "-- tempest:take\n" ACK_FN "local a = 5\n"
+    "for i = 1, #KEYS, 5 do\n"
+    "  local n = tonumber(ARGV[a])\n"
+    "  ack(KEYS[i + 1], KEYS[i + 4], a + 1, a + n)\n"
+    "  a = a + n + 1\n"
+    "end\n"
+    "for i = 1, #KEYS, 5 do\n"
     "  redis.call('SET', KEYS[i + 2], ARGV[2], 'PX', ARGV[1])\n"
     "  redis.call('SADD', KEYS[i + 3], ARGV[3])\n"
     "end\n"
     "local out, n = {}, tonumber(ARGV[4])\n"
-    "for i = 1, #KEYS, 4 do\n"
-    "  while n > 0 do\n"
-    "    local job = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'LEFT')\n"
-    "    if not job then break end\n"
-    "    out[#out + 1] = (i - 1) / 4\n"
-    "    out[#out + 1] = job\n"
-    "    n = n - 1\n"
+    "for i = 1, #KEYS, 5 do\n"
+    "  local jobs = n > 0 and redis.call('LRANGE', KEYS[i], 0, n - 1) or {}\n"
+    "  for j = 1, #jobs, 1000 do\n"
+    "    redis.call('LPUSH', KEYS[i + 1], unpack(jobs, j, math.min(j + 999, #jobs)))\n"
     "  end\n"
+    "  if #jobs > 0 then redis.call('LTRIM', KEYS[i], #jobs, -1) end\n"
+    "  n = n - #jobs\n"
+    "  out[#out + 1] = jobs\n"
     "end\n"
     "return out\n";
 
-/* KEYS: processing, attempts. ARGV: the finished jobs (a batch).
- * Attempt counts exist only for requeued jobs: skip the hashing otherwise. */
-static const char ack[] =
-    "-- tempest:ack\n"
-    "local counted = redis.call('EXISTS', KEYS[2]) == 1\n"
-    "for i = 1, #ARGV do\n"
-    "  redis.call('LREM', KEYS[1], -1, ARGV[i])\n"
-    "  if counted then redis.call('HDEL', KEYS[2], redis.sha1hex(ARGV[i])) end\n"
-    "end\n"
-    "return #ARGV\n";
+/* KEYS: processing, attempts. ARGV: the finished jobs (a batch), oldest first. */
+static const char ack[] = "-- tempest:ack\n" ACK_FN "ack(KEYS[1], KEYS[2], 1, #ARGV)\n"
+                          "return #ARGV\n";
 
 /* Appends a dead letter; used by retry, bury and reap. */
 #define DEAD_LETTER_FN                                                                             \

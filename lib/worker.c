@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The worker: takes jobs with BLPOP (bounded by a Redis-side timeout) on a
- * connection of its own, decodes them, dispatches them by action, and sends
- * the answers over cached connections to the producers' node listeners (one
- * per distinct respond_to address). Undecodable jobs go to a dead-letter
- * list. Handlers run inside the take's reply callback; `depth` and
- * `freeing` let a handler free the worker.
+ * The worker: takes jobs on a connection of its own, with the take script
+ * (up to `concurrency` jobs at once, the acks of finished jobs riding along)
+ * or, once the queues are dry, with BLMOVE (bounded by a Redis-side
+ * timeout); decodes them, dispatches them by action, and sends the answers
+ * over cached connections to the producers' node listeners (one per
+ * distinct respond_to address). Undecodable jobs go to a dead-letter list.
+ * Handlers run inside the take's reply callback; `depth` and `freeing` let
+ * a handler free the worker.
  */
 #include <event2/event.h>
 #include <signal.h>
@@ -40,15 +42,14 @@ typedef struct peer {
 
 /* The keys of one queue for this worker (see lib/scripts.c). */
 typedef struct wqueue {
-    char *name;       /* the job list */
-    char *prefix;     /* "{name}:" */
-    char *processing; /* {name}:processing:<wid> */
-    char *alive;      /* {name}:alive:<wid> */
-    char *workers;    /* {name}:workers */
-    char *attempts;   /* {name}:attempts */
-    char *dead;       /* {name}:dead, or the dead_letter option */
-    char **acks;      /* finished jobs waiting for the next ack batch (owned) */
-    size_t *ack_lens;
+    char *name;            /* the job list */
+    char *prefix;          /* "{name}:" */
+    char *processing;      /* {name}:processing:<wid> */
+    char *alive;           /* {name}:alive:<wid> */
+    char *workers;         /* {name}:workers */
+    char *attempts;        /* {name}:attempts */
+    char *dead;            /* {name}:dead, or the dead_letter option */
+    struct ack_item *acks; /* finished jobs waiting for an ack batch, oldest first */
     int nacks, ack_cap;
 } wqueue;
 
@@ -72,6 +73,7 @@ struct tempest_worker {
     char *info; /* presence value */
     long long info_node;
     int concurrency, block_ms, ttl_ms, heartbeat_ms, grace_ms, max_attempts;
+    int block_now_ms; /* the next blocking take's timeout, up to block_ms */
     bool handle_signals;
     handler *handlers;
     size_t nhandlers;
@@ -92,6 +94,7 @@ struct tempest_worker {
     int recovering;                          /* processing lists being checked after a reconnect */
     bool was_up;                             /* the take connection was up before */
     struct event *signals[2];
+    struct take *take; /* the acks the take in flight carries, or NULL */
     bool started, stopping, taking, last_empty, leaving, finished, flush_expired;
     int depth;
     bool freeing;
@@ -145,42 +148,83 @@ static int job_script(tempest_job *job, int script, const char *name, int nkeys,
     return rc;
 }
 
-/* Finished jobs are acknowledged in batches: one script call per queue per
- * loop turn (at most ACK_BATCH jobs a call). A job stays in the processing
- * list until Redis confirms its batch; a batch that fails (connection lost,
- * Redis down) goes back to be sent again, from the heartbeat timer. */
-enum { ACK_BATCH = 50 };
+/* Finished jobs are acknowledged in batches, oldest first: carried by the
+ * next take (the take script acknowledges before it moves jobs), or else
+ * one ack script call per queue at the end of the loop turn (at most
+ * ACK_BATCH jobs a batch). A job stays in the processing list until Redis
+ * confirms its batch; a batch that fails (connection lost, Redis down) goes
+ * back to be sent again, from the heartbeat timer. */
+enum { ACK_BATCH = 128 };
 _Static_assert(ACK_BATCH + 2 <= TP_SCRIPT_MAX_ARGS, "an ack batch must fit one script call");
+
+typedef struct ack_item {
+    char *raw; /* the job as taken (owned) */
+    size_t len;
+} ack_item;
 
 typedef struct ack_batch {
     struct ack_batch *next;
     int queue, n;
-    char *raws[ACK_BATCH];
-    size_t lens[ACK_BATCH];
+    ack_item items[];
 } ack_batch;
+
+/* The acknowledgements a take carries, at most one batch per queue. */
+typedef struct take {
+    ack_batch *acks;
+} take;
 
 /* Appends a finished job's raw text (taken over) to its queue's batch. */
 static int ack_push(wqueue *q, char *raw, size_t len) {
     if (q->nacks == q->ack_cap) {
         int cap = q->ack_cap ? q->ack_cap * 2 : 64;
-        char **acks = tp_realloc(q->acks, (size_t)cap * sizeof *acks);
-        if (acks)
-            q->acks = acks;
-        size_t *lens = acks ? tp_realloc(q->ack_lens, (size_t)cap * sizeof *lens) : NULL;
-        if (lens == NULL)
+        ack_item *acks = tp_realloc(q->acks, (size_t)cap * sizeof *acks);
+        if (acks == NULL)
             return TEMPEST_ENOMEM;
-        q->ack_lens = lens;
+        q->acks = acks;
         q->ack_cap = cap;
     }
-    q->acks[q->nacks] = raw;
-    q->ack_lens[q->nacks++] = len;
+    q->acks[q->nacks++] = (ack_item){raw, len};
     return 0;
+}
+
+/* Moves the oldest acks of queue `qi` (at most `max`) into a new batch;
+ * NULL when there are none or no memory (they stay queued). */
+static ack_batch *batch_cut(tempest_worker *w, int qi, int max) {
+    wqueue *q = &w->queues[qi];
+    int n = q->nacks < max ? q->nacks : max;
+    ack_batch *b = n > 0 ? tp_malloc(sizeof *b + (size_t)n * sizeof *b->items) : NULL;
+    if (b == NULL)
+        return NULL;
+    *b = (ack_batch){.queue = qi, .n = n};
+    memcpy(b->items, q->acks, (size_t)n * sizeof *b->items);
+    q->nacks -= n;
+    memmove(q->acks, &q->acks[n], (size_t)q->nacks * sizeof *q->acks);
+    return b;
+}
+
+/* Puts a batch that was never sent back in front of its queue's acks. */
+static void batch_uncut(tempest_worker *w, ack_batch *b) {
+    wqueue *q = &w->queues[b->queue];
+    memmove(&q->acks[b->n], q->acks, (size_t)q->nacks * sizeof *q->acks);
+    memcpy(q->acks, b->items, (size_t)b->n * sizeof *b->items);
+    q->nacks += b->n;
+    free(b);
 }
 
 static void batch_free(ack_batch *b) {
     for (int i = 0; i < b->n; i++)
-        free(b->raws[i]);
+        free(b->items[i].raw);
     free(b);
+}
+
+/* Redis did not confirm a batch: its acks are sent again later. */
+static void batch_failed(tempest_worker *w, ack_batch *b, const char *why) {
+    tp_log(&w->node->log, TEMPEST_LOG_WARN, "%d acks failed (%s): sent again later", b->n, why);
+    wqueue *q = &w->queues[b->queue];
+    int i = 0;
+    while (i < b->n && ack_push(q, b->items[i].raw, b->items[i].len) == 0)
+        b->items[i++].raw = NULL;
+    batch_free(b); /* frees only what could not be kept (no memory) */
 }
 
 /* Redis answered a batch (in order: all batches go on one connection). */
@@ -193,17 +237,10 @@ static void on_acked(redisAsyncContext *ac, void *reply, void *privdata) {
     w->acks_sent = b->next;
     if (w->acks_sent == NULL)
         w->acks_last = NULL;
-    if (rep && rep->type != REDIS_REPLY_ERROR) {
+    if (rep && rep->type != REDIS_REPLY_ERROR)
         batch_free(b);
-    } else {
-        tp_log(&w->node->log, TEMPEST_LOG_WARN, "%d acks failed (%s): sent again later", b->n,
-               rep ? rep->str : "connection lost");
-        wqueue *q = &w->queues[b->queue];
-        int i = 0;
-        while (i < b->n && ack_push(q, b->raws[i], b->lens[i]) == 0)
-            b->raws[i++] = NULL;
-        batch_free(b); /* frees only what could not be kept (no memory) */
-    }
+    else
+        batch_failed(w, b, rep ? rep->str : "connection lost");
     check_finished(w);
 }
 
@@ -212,29 +249,20 @@ static int send_batch(tempest_worker *w, int qi, ack_batch *b) {
     const char *argv[2 + ACK_BATCH] = {q->processing, q->attempts};
     size_t lens[2 + ACK_BATCH] = {strlen(q->processing), strlen(q->attempts)};
     for (int i = 0; i < b->n; i++) {
-        argv[2 + i] = b->raws[i];
-        lens[2 + i] = b->lens[i];
+        argv[2 + i] = b->items[i].raw;
+        lens[2 + i] = b->items[i].len;
     }
     return tp_redis_script(w->node->redis, on_acked, (void *)(intptr_t)w->serial, TP_SCRIPT_ACK, 2,
                            2 + b->n, argv, lens);
 }
 
 static void flush_acks_of(tempest_worker *w, int qi) {
-    wqueue *q = &w->queues[qi];
-    while (q->nacks > 0) {
-        ack_batch *b = tp_malloc(sizeof *b);
-        if (b == NULL)
-            return; /* retried from the heartbeat */
-        b->next = NULL;
-        b->queue = qi;
-        b->n = q->nacks < ACK_BATCH ? q->nacks : ACK_BATCH;
-        memcpy(b->raws, &q->acks[q->nacks - b->n], (size_t)b->n * sizeof *b->raws);
-        memcpy(b->lens, &q->ack_lens[q->nacks - b->n], (size_t)b->n * sizeof *b->lens);
+    ack_batch *b;
+    while ((b = batch_cut(w, qi, ACK_BATCH)) != NULL) {
         if (send_batch(w, qi, b) != 0) {
-            free(b); /* Redis is down: the raws stay queued for a later try */
+            batch_uncut(w, b); /* Redis is down: retried from the heartbeat */
             return;
         }
-        q->nacks -= b->n;
         if (w->acks_last)
             w->acks_last->next = b;
         else
@@ -792,8 +820,24 @@ static bool handle_raw(tempest_worker *w, int qi, const char *raw, size_t len) {
     return dispatch(w, qi, &parts, raw, len);
 }
 
-/* Common handling of a take's reply; returns the worker, or NULL when the
- * reply must be ignored (worker gone, connection lost, or an error). */
+/* The take in flight is answered, or never will be: the acks it carried
+ * are freed (confirmed), or queued to be sent again with `failed` logged. */
+static void take_settle(tempest_worker *w, const char *failed) {
+    take *t = w->take;
+    if (t == NULL)
+        return;
+    w->take = NULL;
+    while (t->acks) {
+        ack_batch *b = t->acks;
+        t->acks = b->next;
+        if (failed)
+            batch_failed(w, b, failed);
+        else
+            batch_free(b);
+    }
+    free(t);
+}
+
 /* Common handling of a take's reply; returns the worker, or NULL when the
  * reply must be ignored (worker gone, connection lost, or an error). The
  * worker stays `taking` while the jobs are dispatched, so that jobs
@@ -804,6 +848,9 @@ static tempest_worker *take_reply(redisAsyncContext *ac, redisReply *rep, const 
     if (r == NULL)
         return NULL;
     tempest_worker *w = tp_redis_owner(r);
+    take_settle(w, rep == NULL                      ? "connection lost"
+                   : rep->type == REDIS_REPLY_ERROR ? rep->str
+                                                    : NULL);
     if (rep == NULL) {
         w->taking = false;
         check_finished(w);
@@ -827,6 +874,16 @@ static void take_done(tempest_worker *w) {
     maybe_take(w);
 }
 
+/* Once the queues run dry, blocking takes wait BLOCK_MIN_MS at first and
+ * twice as long each time they come back empty, up to block_ms: a stop
+ * soon after a burst of jobs is not kept waiting for a long take, and an
+ * idle worker soon sends one command per block_ms. */
+enum { BLOCK_MIN_MS = 10 };
+
+static int block_min(const tempest_worker *w) {
+    return w->block_ms < BLOCK_MIN_MS ? w->block_ms : BLOCK_MIN_MS;
+}
+
 static void on_moved(redisAsyncContext *ac, void *reply, void *privdata) {
     (void)privdata;
     redisReply *rep = reply;
@@ -835,8 +892,11 @@ static void on_moved(redisAsyncContext *ac, void *reply, void *privdata) {
         return;
     if (rep->type == REDIS_REPLY_STRING) {
         w->last_empty = false;
+        w->block_now_ms = block_min(w);
         if (handle_raw(w, 0, rep->str, rep->len))
             return;
+    } else if (w->block_now_ms < w->block_ms) {
+        w->block_now_ms = w->block_now_ms * 2 < w->block_ms ? w->block_now_ms * 2 : w->block_ms;
     }
     take_done(w);
 }
@@ -847,15 +907,21 @@ static void on_batch(redisAsyncContext *ac, void *reply, void *privdata) {
     tempest_worker *w = take_reply(ac, rep, "take");
     if (w == NULL)
         return;
-    size_t n = rep->type == REDIS_REPLY_ARRAY ? rep->elements / 2 : 0;
+    size_t nq = rep->type == REDIS_REPLY_ARRAY ? rep->elements : 0, n = 0;
+    if (nq > (size_t)w->nqueues)
+        nq = (size_t)w->nqueues;
+    for (size_t qi = 0; qi < nq; qi++)
+        n += rep->element[qi]->type == REDIS_REPLY_ARRAY ? rep->element[qi]->elements : 0;
     w->last_empty = n < (size_t)room;
-    for (size_t i = 0; i < n; i++) {
-        redisReply *qi = rep->element[2 * i], *job = rep->element[2 * i + 1];
-        if (qi->type != REDIS_REPLY_INTEGER || qi->integer < 0 || qi->integer >= w->nqueues ||
-            job->type != REDIS_REPLY_STRING)
-            continue;
-        if (handle_raw(w, (int)qi->integer, job->str, job->len))
-            return;
+    if (n > 0)
+        w->block_now_ms = block_min(w);
+    for (size_t qi = 0; qi < nq; qi++) {
+        redisReply *jobs = rep->element[qi];
+        for (size_t i = 0; jobs->type == REDIS_REPLY_ARRAY && i < jobs->elements; i++) {
+            redisReply *job = jobs->element[i];
+            if (job->type == REDIS_REPLY_STRING && handle_raw(w, (int)qi, job->str, job->len))
+                return;
+        }
     }
     take_done(w);
 }
@@ -895,32 +961,81 @@ static void send_heartbeat(tempest_worker *w) {
                     NULL);
 }
 
-/* Non-blocking: heartbeat, then up to `room` jobs, queues in priority order. */
+/* The arguments of one script call. */
+typedef struct args {
+    int n;
+    const char *v[TP_SCRIPT_MAX_ARGS];
+    size_t len[TP_SCRIPT_MAX_ARGS];
+} args;
+
+static inline void arg_add(args *a, const char *s, size_t len) {
+    a->v[a->n] = s;
+    a->len[a->n++] = len;
+}
+
+static inline void arg_str(args *a, const char *s) {
+    arg_add(a, s, strlen(s));
+}
+
+/* Adds, for each queue, the count and the text of its oldest finished jobs
+ * (within the argument limit) to a take, which carries their batches. */
+static void take_carry(tempest_worker *w, take *t, args *a, char counts[][12]) {
+    ack_batch **last = &t->acks;
+    for (int i = 0; i < w->nqueues; i++) {
+        int budget = TP_SCRIPT_MAX_ARGS - a->n - (w->nqueues - i);
+        ack_batch *b = batch_cut(w, i, budget < ACK_BATCH ? budget : ACK_BATCH);
+        int n = b ? b->n : 0;
+        arg_add(a, counts[i], (size_t)snprintf(counts[i], 12, "%d", n));
+        for (int j = 0; j < n; j++)
+            arg_add(a, b->items[j].raw, b->items[j].len);
+        if (b) {
+            *last = b;
+            last = &b->next;
+        }
+    }
+}
+
+/* Non-blocking: acknowledges the oldest finished jobs, refreshes presence,
+ * then moves up to `room` jobs, queues in priority order. */
 static int take_batch(tempest_worker *w, int room) {
-    const char *argv[4 * 15 + 4];
-    char ttl[16], max[16];
-    int n = 0;
+    take *t = tp_calloc(1, sizeof *t);
+    if (t == NULL)
+        return TEMPEST_ENOMEM;
+    args a;
+    char ttl[16], max[16], counts[15][12];
+    a.n = 0;
     snprintf(ttl, sizeof ttl, "%d", w->ttl_ms);
     snprintf(max, sizeof max, "%d", room);
     for (int i = 0; i < w->nqueues; i++) {
-        argv[n++] = w->queues[i].name;
-        argv[n++] = w->queues[i].processing;
-        argv[n++] = w->queues[i].alive;
-        argv[n++] = w->queues[i].workers;
+        const wqueue *q = &w->queues[i];
+        const char *keys[] = {q->name, q->processing, q->alive, q->workers, q->attempts};
+        for (int k = 0; k < 5; k++)
+            arg_str(&a, keys[k]);
     }
-    argv[n] = ttl;
-    argv[n + 1] = presence_info(w);
-    argv[n + 2] = w->wid;
-    argv[n + 3] = max;
-    return tp_redis_script(w->redis, on_batch, (void *)(intptr_t)room, TP_SCRIPT_TAKE, n, n + 4,
-                           argv, NULL);
+    const char *tail[] = {ttl, presence_info(w), w->wid, max};
+    for (int k = 0; k < 4; k++)
+        arg_str(&a, tail[k]);
+    take_carry(w, t, &a, counts);
+    int rc = tp_redis_script(w->redis, on_batch, (void *)(intptr_t)room, TP_SCRIPT_TAKE,
+                             5 * w->nqueues, a.n, a.v, a.len);
+    if (rc != 0) {
+        while (t->acks) {
+            ack_batch *b = t->acks;
+            t->acks = b->next;
+            batch_uncut(w, b);
+        }
+        free(t);
+        return rc;
+    }
+    w->take = t;
+    return 0;
 }
 
 /* Blocking, bounded by the Redis-side timeout: heartbeat, then BLMOVE on
  * the first queue (pipelined on the same connection, in this order). */
 static int take_blocking(tempest_worker *w) {
     char timeout[32];
-    snprintf(timeout, sizeof timeout, "%.3f", w->block_ms / 1000.0);
+    snprintf(timeout, sizeof timeout, "%.3f", w->block_now_ms / 1000.0);
     send_heartbeat(w);
     return tp_redis_cmd(w->redis, on_moved, NULL, "BLMOVE %s %s LEFT LEFT %s", w->queues[0].name,
                         w->queues[0].processing, timeout);
@@ -984,6 +1099,13 @@ static bool same(const char *a, size_t alen, const char *b, size_t blen) {
     return a && alen == blen && memcmp(a, b, alen) == 0;
 }
 
+static bool batch_holds(const ack_batch *b, int qi, const char *raw, size_t len) {
+    for (int i = 0; b->queue == qi && i < b->n; i++)
+        if (same(b->items[i].raw, b->items[i].len, raw, len))
+            return true;
+    return false;
+}
+
 /* Whether this worker holds the job `raw` of queue `qi` in any form: in
  * hand, awaiting the producer's reply, or awaiting its ack. */
 static bool held(const tempest_worker *w, int qi, const char *raw, size_t len) {
@@ -995,12 +1117,14 @@ static bool held(const tempest_worker *w, int qi, const char *raw, size_t len) {
             return true;
     const wqueue *q = &w->queues[qi];
     for (int i = 0; i < q->nacks; i++)
-        if (same(q->acks[i], q->ack_lens[i], raw, len))
+        if (same(q->acks[i].raw, q->acks[i].len, raw, len))
             return true;
     for (const ack_batch *b = w->acks_sent; b; b = b->next)
-        for (int i = 0; b->queue == qi && i < b->n; i++)
-            if (same(b->raws[i], b->lens[i], raw, len))
-                return true;
+        if (batch_holds(b, qi, raw, len))
+            return true;
+    for (const ack_batch *b = w->take ? w->take->acks : NULL; b; b = b->next)
+        if (batch_holds(b, qi, raw, len))
+            return true;
     return false;
 }
 
@@ -1043,6 +1167,7 @@ static void on_redis_state(tp_redis *r, int state, const char *reason, void *arg
     (void)r;
     (void)reason;
     tempest_worker *w = arg;
+    take_settle(w, "connection lost"); /* if the old connection never answered */
     w->taking = false;
     w->last_empty = false; /* the first take after a reconnect is a batch */
     if (state != TEMPEST_NODE_UP) {
@@ -1082,9 +1207,8 @@ static int queue_init(wqueue *q, const char *name, const char *dead, const char 
 
 static void queue_clear(wqueue *q) {
     for (int i = 0; i < q->nacks; i++)
-        free(q->acks[i]);
+        free(q->acks[i].raw);
     free(q->acks);
-    free(q->ack_lens);
     free(q->name);
     free(q->prefix);
     free(q->processing);
@@ -1116,6 +1240,7 @@ static int count_queues(const tempest_worker_options *o) {
 static int copy_options(tempest_worker *w, const tempest_worker_options *o) {
     w->concurrency = o->concurrency > 0 ? o->concurrency : 1;
     w->block_ms = o->block_timeout_ms > 0 ? o->block_timeout_ms : 1000;
+    w->block_now_ms = block_min(w);
     w->heartbeat_ms = o->heartbeat_ms > 0 ? o->heartbeat_ms : 1000;
     w->ttl_ms = o->ttl_ms > 0 ? o->ttl_ms : 5000;
     w->grace_ms = o->stop_grace_ms > 0 ? o->stop_grace_ms : 10000;
@@ -1334,6 +1459,7 @@ static void free_peers(tempest_worker *w) {
 static void abandon_all(tempest_worker *w) {
     if (!w->started || w->finished || tp_redis_state(w->node->redis) != TEMPEST_NODE_UP)
         return;
+    take_settle(w, "worker freed"); /* a take in flight may not run: ack again */
     flush_acks(w);
     flush_acks(w);
     for (tempest_job *job = w->jobs; job; job = job->next)
@@ -1362,6 +1488,7 @@ static void destroy(tempest_worker *w) {
         st->linked = false; /* freed by their reply callbacks, below or later */
     w->settles = NULL;
     free_peers(w);
+    take_settle(w, NULL); /* freed: what it carried unconfirmed is left for the reaper */
     while (w->acks_sent) {
         ack_batch *b = w->acks_sent;
         w->acks_sent = b->next;

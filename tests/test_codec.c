@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -142,6 +143,80 @@ static void test_job_decode_args_may_hold_nul(void **state) {
     assert_int_equal(json_string_length(body), 3);
     assert_memory_equal(json_string_value(body), "a\0b", 3);
     tp_job_parts_clear(&p);
+}
+
+/* tp_json_fast either declines (NULL) or builds what json_loadb builds. */
+static bool fast_agrees(const char *text, size_t n) {
+    char *buf = exact(text, n);
+    json_t *fast = tp_json_fast(buf, n);
+    json_t *slow = json_loadb(buf, n, JSON_ALLOW_NUL, NULL);
+    bool taken = fast != NULL;
+
+    if (fast != NULL) {
+        char *a = json_dumps(fast, JSON_COMPACT), *b = json_dumps(slow, JSON_COMPACT);
+        assert_non_null(slow);
+        assert_true(json_equal(fast, slow));
+        assert_non_null(a);
+        assert_non_null(b);
+        assert_string_equal(a, b); /* object members in the same order too */
+        free(a);
+        free(b);
+    }
+    json_decref(fast);
+    json_decref(slow);
+    free(buf);
+    return taken;
+}
+
+static void test_job_decode_fast_path(void **state) {
+    static const char *const taken[] = {
+        "[\"x\",[1],null,2]",
+        " [ \"x\" , [ -0 , 0 , -12 , 123456789012345678 ] , \"h:1\" , 7 ] \n",
+        "[\"url\",[{\"method\":\"GET\",\"url\":\"/a?b=c\",\"headers\":{\"x\":\"1\"}}],\"h:1\",3]",
+        "[\"a\",[{\"k\":1,\"k\":2,\"j\":[]},{},[[[]]]],null,0]",
+        "[\"a\",[\"esc \\\" \\\\ \\/ \\b \\f \\n \\r \\t end\",{\"\\n\":true}],null,1]",
+        "[\"\xc3\xa9t\xc3\xa9\",[\"\xe2\x82\xac \xf0\x9f\x98\x80\",false,true,null],null,1]",
+        "[\"\",[],\"\",1]",
+    };
+    static const char *const declined[] = {
+        "[\"a\",[1.5],null,1]",
+        "[\"a\",[1e3],null,1]",
+        "[\"a\",[\"\\u0041\"],null,1]",
+        "[\"a\",[01],null,1]",
+        "[\"a\",[1234567890123456789],null,1]",
+        "[\"a\",[-],null,1]",
+        "[\"a\",[tru],null,1]",
+        "[\"a\",[nullx],null,1]",
+        "[\"a\",[1,],null,1]",
+        "[\"a\",[\"\xc3\"],null,1]",
+        "[\"a\",[\"\xed\xa0\x80\"],null,1]",
+        "[\"a\",[\"\x01\"],null,1]",
+        "[\"a\",[\"\\x\"],null,1]",
+        "[\"a\",[],null,1] x",
+        "{\"a\":1}",
+        "[\"a\",[{\"k\" 1}],null,1]",
+        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+        "[\"a\",[],null,1",
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof taken / sizeof *taken; i++)
+        assert_true(fast_agrees(taken[i], strlen(taken[i])));
+    for (size_t i = 0; i < sizeof declined / sizeof *declined; i++)
+        assert_false(fast_agrees(declined[i], strlen(declined[i])));
+    /* Every one-byte change of every prefix of a rich job agrees as well. */
+    const char *seed = taken[4];
+    size_t n = strlen(seed);
+    char buf[256];
+    for (size_t len = 0; len <= n; len++) {
+        for (size_t at = 0; at < len; at++) {
+            for (int c = 0; c < 256; c += 7) {
+                memcpy(buf, seed, len);
+                buf[at] = (char)c;
+                fast_agrees(buf, len);
+            }
+        }
+    }
 }
 
 static void test_job_decode_shape(void **state) {
@@ -1114,6 +1189,7 @@ int main(void) {
         cmocka_unit_test(test_job_decode_valid),
         cmocka_unit_test(test_job_decode_respects_len),
         cmocka_unit_test(test_job_decode_args_may_hold_nul),
+        cmocka_unit_test(test_job_decode_fast_path),
         cmocka_unit_test(test_job_decode_shape),
         cmocka_unit_test(test_job_decode_action),
         cmocka_unit_test(test_job_decode_args),

@@ -3,7 +3,8 @@
  * The reliable queue against a private redis-server: processing lists and
  * acknowledgement, presence keys, recovery of a crashed worker's jobs (a
  * forked child killed with SIGKILL), attempt counting and dead letters,
- * tempest_job_fail, priorities, graceful stop with a grace period, and
+ * tempest_job_fail, priorities, acks of jobs finished out of order, a
+ * prompt stop after a burst, graceful stop with a grace period, and
  * requeue on free.
  */
 #include <setjmp.h>
@@ -312,6 +313,72 @@ static void test_priorities(void **state) {
     tempest_worker_free(w);
 }
 
+static bool processing_empty(void *arg) {
+    return llen("LLEN {%s}:processing:%s", "rq6", tempest_worker_id(arg)) == 0;
+}
+
+/* Jobs finished out of order are acknowledged all the same, whether their
+ * acks ride on a take or go on their own, and the attempt count of an
+ * acknowledged job goes with it. */
+static void test_acks_out_of_order(void **state) {
+    (void)state;
+    static const char *const jobs[] = {"[\"x\",[1],null,1]", "[\"x\",[2],null,2]",
+                                       "[\"x\",[3],null,3]", "[\"x\",[4],null,4]",
+                                       "[\"x\",[5],null,5]", "[\"x\",[6],null,6]"};
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(tt_redis_int(&fx.redis, "RPUSH rq6 %s", jobs[i]), i + 1);
+    assert_int_equal(tt_redis_int(&fx.redis, "EVAL %s 1 %s %s",
+                                  "return redis.call('HSET', KEYS[1], redis.sha1hex(ARGV[1]), 1)",
+                                  "{rq6}:attempts", jobs[2]),
+                     1);
+    tempest_worker *w = worker("rq6", 6);
+    held h = {0};
+    tempest_worker_on(w, "x", hold, &h);
+    tempest_worker_start(w);
+    want all = {&h, 6};
+    assert_true(tt_run_until(fx.base, has_n, &all, 3000));
+    assert_int_equal(llen("LLEN {%s}:processing:%s", "rq6", tempest_worker_id(w)), 6);
+    for (int i = 5; i >= 0; i -= 2) /* 6, 4, 2, then 5, 3, 1 */
+        tempest_job_done(h.jobs[i]);
+    tt_run_for(fx.base, 50);
+    assert_int_equal(llen("LLEN {%s}:processing:%s", "rq6", tempest_worker_id(w)), 3);
+    for (int i = 4; i >= 0; i -= 2)
+        tempest_job_done(h.jobs[i]);
+    assert_true(tt_run_until(fx.base, processing_empty, w, 3000));
+    assert_int_equal(tt_redis_int(&fx.redis, "EXISTS {rq6}:attempts"), 0);
+    tempest_worker_free(w);
+}
+
+static void finish(tempest_worker *w, tempest_job *job, void *arg) {
+    (void)w;
+    ++*(int *)arg;
+    tempest_job_done(job);
+}
+
+static bool three_done(void *arg) {
+    return *(int *)arg == 3;
+}
+
+/* Once the queue ran dry, a worker takes with short blocking timeouts at
+ * first: a stop right after a burst does not wait for block_timeout_ms. */
+static void test_prompt_stop_after_burst(void **state) {
+    (void)state;
+    tempest_worker_options wo = {.queue = "rq7", .block_timeout_ms = 2000, .ttl_ms = 5000};
+    tempest_worker *w = tempest_worker_new(fx.node, &wo, NULL);
+    int done = 0;
+    tempest_worker_on(w, "x", finish, &done);
+    for (int i = 0; i < 3; i++)
+        push("rq7", i);
+    tempest_worker_start(w);
+    assert_true(tt_run_until(fx.base, three_done, &done, 3000));
+    tempest_worker_stop(w);
+    long long t0 = tt_now_ms();
+    assert_int_equal(tempest_worker_loop(w), 0);
+    assert_true(tt_now_ms() - t0 < 1000);
+    assert_int_equal(tt_redis_int(&fx.redis, "LLEN {rq7}:processing:%s", tempest_worker_id(w)), 0);
+    tempest_worker_free(w);
+}
+
 static void test_graceful_stop_requeues(void **state) {
     (void)state;
     tempest_worker_options wo = {
@@ -379,6 +446,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_retry_until_dead, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_fail_without_retry, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_priorities, each_setup, each_teardown),
+        cmocka_unit_test_setup_teardown(test_acks_out_of_order, each_setup, each_teardown),
+        cmocka_unit_test_setup_teardown(test_prompt_stop_after_burst, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_graceful_stop_requeues, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_free_requeues, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_options_checked, each_setup, each_teardown),

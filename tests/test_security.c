@@ -51,8 +51,8 @@
 #ifndef ACL_RULES /* -DACL_RULES=... to try another set */
 #define ACL_RULES                                                                                  \
     "on >pw ~* resetchannels -@all +select +incr +rpush +blmove +evalsha +script|load +time "      \
-    "+set +exists +del +sadd +srem +smembers +lmove +lpush +lpop +lrem +llen +hincrby +hdel "      \
-    "+hset +hget +zadd +zrem +zrangebyscore"
+    "+set +exists +del +sadd +srem +smembers +lrange +ltrim +lpush +lpop +lrem +llen +hincrby "    \
+    "+hdel +hset +hget +zadd +zrem +zrangebyscore"
 #endif
 
 /* ---- session level --------------------------------------------------------- */

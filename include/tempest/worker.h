@@ -43,8 +43,10 @@ typedef struct tempest_worker_options {
     const char *queue; /**< Redis list to take jobs from; NULL: "tempest" */
     int concurrency;   /**< most jobs in hand at once; 0: 1 */
     /** Redis-side block timeout of each take, which bounds how long a stop
-     *  or a dead connection goes unnoticed; 0: 1000 ms (at most one command
-     *  a second while idle). */
+     *  or a dead connection goes unnoticed; 0: 1000 ms (one command a
+     *  second while idle). When the queues run dry, the timeout starts at
+     *  10 ms and doubles with each take that comes back empty, up to this
+     *  value, so that a stop soon after a burst of jobs is prompt. */
     int block_timeout_ms;
     /** List that receives dead letters (undecodable jobs, jobs failed
      *  without retry, jobs past max_attempts) as

@@ -4,7 +4,8 @@
  * must re-encode (tp_job_encode) into a job that decodes again to the same
  * action, args, respond_to and id, and encoding that must give the same
  * bytes again. An input that does not decode must leave the parts zeroed,
- * return TEMPEST_EPROTO and say why in the error text.
+ * return TEMPEST_EPROTO and say why in the error text. The fast path
+ * (tp_json_fast) either declines or builds what json_loadb() builds.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -48,6 +49,23 @@ static char *round_trip(const tp_job_parts *job, size_t *len) {
     return enc;
 }
 
+static void check_fast(const char *buf, size_t size) {
+    json_t *fast = tp_json_fast(buf, size), *slow;
+    char *a, *b;
+
+    if (fast == NULL)
+        return;
+    slow = json_loadb(buf, size, JSON_ALLOW_NUL, NULL);
+    CHECK(slow != NULL && json_equal(fast, slow));
+    a = json_dumps(fast, JSON_COMPACT);
+    b = json_dumps(slow, JSON_COMPACT);
+    CHECK(a != NULL && b != NULL && strcmp(a, b) == 0); /* members in the same order */
+    free(a);
+    free(b);
+    json_decref(fast);
+    json_decref(slow);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     tp_job_parts job, again;
     char err[256] = "";
@@ -55,6 +73,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *enc1, *enc2;
     int rc;
 
+    check_fast((const char *)data, size);
     rc = tp_job_decode((const char *)data, size, &job, err, sizeof err);
     if (rc != 0) {
         CHECK(rc == TEMPEST_EPROTO);
