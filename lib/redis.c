@@ -57,6 +57,8 @@ struct tp_redis {
     int master_port;
     bool readonly;                          /* a READONLY reply closed the connection */
     struct event *demoted;                  /* made active by a -READONLY reply */
+    struct event *noscript;                 /* made active by a -NOSCRIPT reply */
+    int reloads_left;                       /* SCRIPT LOAD replies awaited after one */
     redisReplyObjectFunctions fns;          /* hiredis's, createString wrapped */
     redisReplyObjectFunctions *hiredis_fns; /* what the reader had */
 };
@@ -172,6 +174,10 @@ tp_redis *tp_redis_from(const redisAsyncContext *ac) {
     return ac ? (tp_redis *)ac->data : NULL;
 }
 
+const tp_logger *tp_redis_logger(const tp_redis *r) {
+    return r->log;
+}
+
 void *tp_redis_owner(const tp_redis *r) {
     return r->arg;
 }
@@ -215,7 +221,8 @@ static void release(tp_redis *r, bool free_it) {
         return;
     r->ac = NULL;
     ac->data = NULL;
-    event_del(r->demoted); /* a READONLY seen on it is moot now */
+    event_del(r->demoted); /* a READONLY or NOSCRIPT seen on it is moot now */
+    event_del(r->noscript);
     if (ac->c.reader->fn == &r->fns) {
         ac->c.reader->fn = r->hiredis_fns;
         ac->c.reader->privdata = NULL;
@@ -380,15 +387,24 @@ static bool attach(tp_redis *r, redisAsyncContext *ac, int phase) {
     return true;
 }
 
-/* Error strings are the only replies wrapped: a demoted master says READONLY. */
+/*
+ * Error strings are the only replies looked at: a demoted master says
+ * READONLY (Sentinel mode), and a server whose script cache was emptied
+ * (SCRIPT FLUSH, or a failover to a replica that never loaded them) says
+ * NOSCRIPT. Both are handled out of the parser, from an event.
+ */
 static void *on_reply_string(const redisReadTask *task, char *str, size_t len) {
     tp_redis *r = task->privdata;
-    if (task->type == REDIS_REPLY_ERROR && len >= 8 && memcmp(str, "READONLY", 8) == 0)
-        event_active(r->demoted, 0, 0);
+    if (task->type == REDIS_REPLY_ERROR) {
+        if (len >= 8 && memcmp(str, "READONLY", 8) == 0 && r->url.nsentinels > 0)
+            event_active(r->demoted, 0, 0);
+        else if (len >= 8 && memcmp(str, "NOSCRIPT", 8) == 0)
+            event_active(r->noscript, 0, 0);
+    }
     return r->hiredis_fns->createString(task, str, len);
 }
 
-static void watch_readonly(tp_redis *r, redisAsyncContext *ac) {
+static void watch_errors(tp_redis *r, redisAsyncContext *ac) {
     r->hiredis_fns = ac->c.reader->fn;
     r->fns = *r->hiredis_fns;
     r->fns.createString = on_reply_string;
@@ -409,6 +425,37 @@ static void on_demoted(evutil_socket_t fd, short what, void *arg) {
     redisAsyncFree(r->ac); /* runs on_disconnect, which goes DOWN */
 }
 
+static void on_reloaded(redisAsyncContext *ac, void *reply, void *privdata) {
+    tp_redis *r = tp_redis_from(ac);
+    const redisReply *rep = reply;
+    if (r == NULL || rep == NULL)
+        return;
+    if (rep->type == REDIS_REPLY_ERROR)
+        tp_log(r->log, TEMPEST_LOG_ERROR, "redis: SCRIPT LOAD of script %d failed: %s",
+               (int)(intptr_t)privdata, rep->str);
+    if (r->reloads_left > 0)
+        r->reloads_left--;
+}
+
+/*
+ * Out of the parser: the commands that got NOSCRIPT failed (their callers
+ * see the error and retry as for any error reply); load every script again so
+ * that the retries, sent after these loads on the same connection, succeed.
+ * NOSCRIPTs of commands sent before the loads do not load again.
+ */
+static void on_noscript(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    tp_redis *r = arg;
+    if (r->ac == NULL || r->state != TEMPEST_NODE_UP || r->reloads_left > 0)
+        return;
+    tp_log(r->log, TEMPEST_LOG_WARN, "redis: the server lost its scripts (NOSCRIPT): loading them");
+    for (intptr_t i = 0; i < TP_SCRIPT_COUNT; i++)
+        if (redisAsyncCommand(r->ac, on_reloaded, (void *)(i + 1), "SCRIPT LOAD %s",
+                              tp_scripts[i]) == REDIS_OK)
+            r->reloads_left++;
+}
+
 static void connect_master(tp_redis *r) {
     redisAsyncContext *ac = open_context(r);
     if (ac == NULL || ac->err) {
@@ -424,8 +471,8 @@ static void connect_master(tp_redis *r) {
         return;
     }
     r->readonly = false;
-    if (r->url.nsentinels > 0)
-        watch_readonly(r, ac);
+    r->reloads_left = 0;
+    watch_errors(r, ac);
 }
 
 /* Asks sentinel number r->sentinel where the master is. */
@@ -572,7 +619,9 @@ tp_redis *tp_redis_new(struct event_base *base, const tp_redis_url *url,
             r->timing.reconnect_min_ms > 5000 ? r->timing.reconnect_min_ms : 5000;
     r->timer = evtimer_new(base, on_timer, r);
     r->demoted = event_new(base, -1, 0, on_demoted, r);
-    if (r->timer == NULL || r->demoted == NULL || copy_url(&r->url, url) != 0)
+    r->noscript = event_new(base, -1, 0, on_noscript, r);
+    if (r->timer == NULL || r->demoted == NULL || r->noscript == NULL ||
+        copy_url(&r->url, url) != 0)
         goto fail;
     start_connect(r);
     return r;
@@ -589,6 +638,8 @@ void tp_redis_free(tp_redis *r) {
         event_free(r->timer);
     if (r->demoted)
         event_free(r->demoted);
+    if (r->noscript)
+        event_free(r->noscript);
     free(r->master_host);
     tp_redis_url_clear(&r->url);
     free(r);

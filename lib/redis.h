@@ -53,6 +53,8 @@ void tp_redis_free(tp_redis *r);
 void tp_redis_flush(tp_redis *r);
 
 /** The `arg` given to tp_redis_new (the owner). */
+/* The logger given to tp_redis_new (it outlives the connection). */
+const tp_logger *tp_redis_logger(const tp_redis *r);
 void *tp_redis_owner(const tp_redis *r);
 
 /** TEMPEST_NODE_CONNECTING, _UP or _DOWN. */

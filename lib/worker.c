@@ -117,15 +117,15 @@ static bool leave(tempest_worker *w) {
 /* ---- scripts on the node's connection -------------------------------- */
 
 /* Logs a failed script; replies carry no worker pointer, so nothing here
- * can outlive its worker. */
+ * can outlive its worker. The connection may be the node's or a worker's
+ * own (the heartbeat): only its logger is used. */
 static void on_script_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     tp_redis *r = tp_redis_from(ac);
     redisReply *rep = reply;
     if (r == NULL || (rep && rep->type != REDIS_REPLY_ERROR))
         return;
-    tempest_node *node = tp_redis_owner(r);
-    tp_log(&node->log, TEMPEST_LOG_ERROR, "queue script %s failed: %s", (const char *)privdata,
-           rep ? rep->str : "connection lost");
+    tp_log(tp_redis_logger(r), TEMPEST_LOG_ERROR, "queue script %s failed: %s",
+           (const char *)privdata, rep ? rep->str : "connection lost");
 }
 
 /* The worker a reply on the node's connection is for, or NULL if freed. */

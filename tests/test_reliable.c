@@ -5,7 +5,7 @@
  * forked child killed with SIGKILL), attempt counting and dead letters,
  * tempest_job_fail, priorities, acks of jobs finished out of order, a
  * prompt stop after a burst, graceful stop with a grace period, and
- * requeue on free.
+ * requeue on free; the scripts loaded again after a SCRIPT FLUSH.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -423,6 +423,31 @@ static void test_free_requeues(void **state) {
     assert_int_equal(tt_redis_int(&fx.redis, "LLEN rq6"), 1);
 }
 
+/* SCRIPT FLUSH under a running worker: the NOSCRIPT replies make the
+ * connection load the scripts again, and takes and acks go on. */
+static void test_script_flush(void **state) {
+    (void)state;
+    held h = {0};
+    tempest_worker *w = worker("rq9", 2);
+    tempest_worker_on(w, "x", hold, &h);
+    tempest_worker_start(w);
+    push("rq9", 1);
+    want one = {&h, 1};
+    assert_true(tt_run_until(fx.base, has_n, &one, 3000));
+    assert_int_equal(tt_redis_int(&fx.redis, "SCRIPT FLUSH"), 0);
+    assert_int_equal(tempest_job_done(h.jobs[0]), 0);
+    push("rq9", 2);
+    want two = {&h, 2};
+    assert_true(tt_run_until(fx.base, has_n, &two, 5000));
+    assert_int_equal(tempest_job_done(h.jobs[1]), 0);
+    const char *id = tempest_worker_id(w);
+    long long deadline = tt_now_ms() + 5000;
+    while (llen("LLEN {%s}:processing:%s", "rq9", id) != 0 && tt_now_ms() < deadline)
+        tt_run_for(fx.base, 50);
+    assert_int_equal(llen("LLEN {%s}:processing:%s", "rq9", id), 0);
+    tempest_worker_free(w);
+}
+
 static void test_options_checked(void **state) {
     (void)state;
     tempest_error err = {0};
@@ -450,6 +475,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_prompt_stop_after_burst, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_graceful_stop_requeues, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_free_requeues, each_setup, each_teardown),
+        cmocka_unit_test_setup_teardown(test_script_flush, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_options_checked, each_setup, each_teardown),
     };
     return cmocka_run_group_tests_name("reliable", tests, setup, teardown);
