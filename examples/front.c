@@ -3,7 +3,7 @@
  * The HTTP front: every request becomes a `url` job on a Redis queue and
  * the first worker to answer it writes the response.
  *
- *   front [--redis URL] [--http HOST:PORT] [--listen HOST:PORT]
+ *   front [--redis URL] [--http HOST:PORT] [--listen HOST:PORT] [--advertise HOST:PORT]
  *         [--queue NAME] [--timeout MS] [--cors ORIGIN] [--max-streams N]
  *
  * It also streams pub/sub channels as Server-Sent Events at /sub/<channel>;
@@ -28,20 +28,18 @@ static void on_signal(evutil_socket_t sig, short what, void *base) {
 
 static void usage(void) {
     fprintf(stderr, "usage: front [--redis URL] [--http HOST:PORT] [--listen HOST:PORT]"
-                    " [--queue NAME] [--timeout MS] [--cors ORIGIN] [--max-streams N]\n");
+                    " [--advertise HOST:PORT] [--queue NAME] [--timeout MS] [--cors ORIGIN] "
+                    "[--max-streams N]\n");
     exit(2);
 }
 
 static void parse(int argc, char **argv, tempest_node_options *no, tempest_front_options *fo) {
-    static const struct option longopts[] = {{"redis", required_argument, 0, 'r'},
-                                             {"http", required_argument, 0, 'H'},
-                                             {"listen", required_argument, 0, 'l'},
-                                             {"queue", required_argument, 0, 'q'},
-                                             {"timeout", required_argument, 0, 't'},
-                                             {"cors", required_argument, 0, 'c'},
-                                             {"max-streams", required_argument, 0, 's'},
-                                             {"help", no_argument, 0, 'h'},
-                                             {0, 0, 0, 0}};
+    static const struct option longopts[] = {
+        {"redis", required_argument, 0, 'r'},  {"http", required_argument, 0, 'H'},
+        {"listen", required_argument, 0, 'l'}, {"advertise", required_argument, 0, 'a'},
+        {"queue", required_argument, 0, 'q'},  {"timeout", required_argument, 0, 't'},
+        {"cors", required_argument, 0, 'c'},   {"max-streams", required_argument, 0, 's'},
+        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
         switch (c) {
         case 'r':
@@ -52,6 +50,9 @@ static void parse(int argc, char **argv, tempest_node_options *no, tempest_front
             break;
         case 'l':
             no->listen = optarg;
+            break;
+        case 'a':
+            no->advertise = optarg;
             break;
         case 'q':
             fo->queue = optarg;

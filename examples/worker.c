@@ -2,8 +2,12 @@
 /*
  * The hello-world worker of Tempest: answers every `url` job with
  * 200 text/plain "Hello world! #N", N counting the requests it answered.
+ * With --service NAME it is also a responder of that service: a request of
+ * type `hello` gets `{"hello": <the request's body>, "from": "<host:port>"}`,
+ * its node listener's advertised address (examples/call sends them).
  *
  *   worker [--redis URL] [--queue NAME] [--concurrency N]
+ *          [--service NAME [--listen HOST:PORT] [--advertise HOST:PORT]]
  */
 #include <getopt.h>
 #include <stdlib.h>
@@ -22,8 +26,21 @@ static void hello(tempest_worker *worker, tempest_job *job, void *arg) {
     json_decref(answer);
 }
 
+static void hello_request(tempest_responder *r, tempest_request *req, void *arg) {
+    (void)r;
+    json_t *reply = json_pack("{s:O,s:s}", "hello", tempest_request_body(req), "from",
+                              tempest_node_address(arg));
+    if (reply == NULL)
+        tempest_request_error(req, "ENOMEM", "out of memory");
+    else
+        tempest_request_reply(req, reply);
+    json_decref(reply);
+}
+
 static void usage(void) {
-    fprintf(stderr, "usage: worker [--redis URL] [--queue NAME] [--concurrency N]\n");
+    fprintf(stderr,
+            "usage: worker [--redis URL] [--queue NAME] [--concurrency N]\n"
+            "              [--service NAME [--listen HOST:PORT] [--advertise HOST:PORT]]\n");
     exit(2);
 }
 
@@ -31,14 +48,24 @@ int main(int argc, char **argv) {
     static const struct option longopts[] = {{"redis", required_argument, 0, 'r'},
                                              {"queue", required_argument, 0, 'q'},
                                              {"concurrency", required_argument, 0, 'c'},
+                                             {"service", required_argument, 0, 's'},
+                                             {"listen", required_argument, 0, 'l'},
+                                             {"advertise", required_argument, 0, 'a'},
                                              {"help", no_argument, 0, 'h'},
                                              {0, 0, 0, 0}};
     tempest_node_options no = {
         .log = log_stderr, .log_arg = "worker", .log_level = TEMPEST_LOG_WARN};
     tempest_worker_options wo = {.handle_signals = true};
+    tempest_responder_options ro = {0};
     for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
         if (c == 'r')
             no.redis_url = optarg;
+        else if (c == 's')
+            ro.service = optarg;
+        else if (c == 'l')
+            no.listen = optarg;
+        else if (c == 'a')
+            no.advertise = optarg;
         else if (c == 'q')
             wo.queue = optarg;
         else if (c == 'c' && (wo.concurrency = atoi(optarg)) > 0)
@@ -59,6 +86,14 @@ int main(int argc, char **argv) {
         tempest_node_free(node);
         return 1;
     }
+    tempest_responder *responder = NULL;
+    if (ro.service != NULL) {
+        responder = tempest_responder_new(node, &ro, &err);
+        if (responder == NULL || tempest_responder_on(responder, "hello", hello_request, node)) {
+            fprintf(stderr, "worker: %s\n", responder ? "out of memory" : err.message);
+            return 1;
+        }
+    }
     unsigned long count = 0;
     tempest_worker *worker = tempest_worker_new(node, &wo, &err);
     if (worker == NULL || tempest_worker_on(worker, "url", hello, &count) != 0) {
@@ -69,10 +104,13 @@ int main(int argc, char **argv) {
         fprintf(stderr, "worker: cannot start\n");
         return 1;
     }
+    if (responder != NULL)
+        printf("responder of %s at %s\n", ro.service, tempest_node_address(node));
     printf("worker ready on queue %s\n", wo.queue ? wo.queue : "tempest");
     fflush(stdout);
     int rc = tempest_worker_loop(worker);
     tempest_worker_free(worker);
+    tempest_responder_free(responder);
     tempest_node_free(node);
     return rc == 0 ? 0 : 1;
 }

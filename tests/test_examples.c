@@ -3,7 +3,8 @@
  * The example programs as a user runs them: a private redis-server, the
  * example front and two example workers as child processes (from
  * $TEMPEST_BUILD_ROOT/examples), HTTP requests on plain blocking sockets,
- * then SIGTERM and a clean exit 0. Also the error paths: a bad flag, and a
+ * then SIGTERM and a clean exit 0; workers as responders and `call`. Also
+ * the error paths: a bad flag, and a
  * Redis nobody listens on. Every child is killed and reaped in teardown,
  * and asks the kernel to SIGKILL it if the test dies.
  */
@@ -379,6 +380,63 @@ static void test_front_and_workers(void **state) {
     }
 }
 
+/* `worker --service` answers `call`: through discovery (both responders
+ * get requests), directly with --address, and a type nobody handles fails. */
+static void test_worker_service_and_call(void **state) {
+    fx *f = *state;
+    char *worker_argv[] = {"worker", "--redis", g_redis.url, "--service", "greeter", NULL};
+    child *w[2] = {spawn(f, worker_argv), spawn(f, worker_argv)};
+    char addr[2][64];
+    for (int i = 0; i < 2; i++) {
+        assert_true(wait_line(w[i], "worker ready on queue tempest", WAIT_MS));
+        const char *at = strstr(w[i]->outbuf, "responder of greeter at ");
+        assert_non_null(at);
+        assert_int_equal(sscanf(at, "responder of greeter at %63s", addr[i]), 1);
+    }
+    char *call_argv[] = {"call", "--redis", g_redis.url, "--service", "greeter",   "--responders",
+                         "2",    "--count", "6",         "hello",     "{\"n\":1}", NULL};
+    child *c = spawn(f, call_argv);
+    assert_true(wait_exit(c, WAIT_MS));
+    if (!exited_with(c, 0))
+        fprintf(stderr, "call: %s%s\n", c->outbuf, c->errbuf);
+    assert_true(exited_with(c, 0));
+    int lines = 0, from[2] = {0};
+    for (char *line = c->outbuf; line && *line;
+         line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
+        json_t *reply = json_loads(line, JSON_DISABLE_EOF_CHECK, NULL);
+        assert_non_null(reply);
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(reply, "hello"), "n")),
+                         1);
+        const char *by = json_string_value(json_object_get(reply, "from"));
+        assert_non_null(by);
+        for (int i = 0; i < 2; i++)
+            from[i] += strcmp(by, addr[i]) == 0;
+        json_decref(reply);
+        lines++;
+    }
+    assert_int_equal(lines, 6);
+    assert_int_equal(from[0], 3); /* round-robin */
+    assert_int_equal(from[1], 3);
+
+    char *direct_argv[] = {"call", "--redis", g_redis.url, "--address", addr[1], "hello", NULL};
+    child *d = spawn(f, direct_argv);
+    assert_true(wait_exit(d, WAIT_MS));
+    assert_true(exited_with(d, 0));
+    assert_non_null(strstr(d->outbuf, addr[1]));
+    assert_non_null(strstr(d->outbuf, "\"hello\":null"));
+
+    char *bad_argv[] = {"call", "--redis", g_redis.url, "--service", "greeter", "nosuchtype", NULL};
+    child *b = spawn(f, bad_argv);
+    assert_true(wait_exit(b, WAIT_MS));
+    assert_true(exited_with(b, 1));
+    assert_non_null(strstr(b->errbuf, "NOTYPE"));
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(kill(w[i]->pid, SIGTERM), 0);
+        assert_true(wait_exit(w[i], WAIT_MS));
+        assert_true(exited_with(w[i], 0));
+    }
+}
+
 static void test_worker_bad_flag(void **state) {
     fx *f = *state;
     char *argv[] = {"worker", "--bogus", NULL};
@@ -423,6 +481,7 @@ int main(void) {
         cmocka_set_test_filter(getenv("TT_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_front_and_workers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_worker_service_and_call, setup, teardown),
         cmocka_unit_test_setup_teardown(test_worker_bad_flag, setup, teardown),
         cmocka_unit_test_setup_teardown(test_monitor_redis_unreachable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_front_redis_unreachable, setup, teardown),
