@@ -30,6 +30,40 @@ static void on_pushed(redisAsyncContext *ac, void *reply, void *privdata) {
     tp_node_deliver(node, job, rep ? TEMPEST_EREDIS : TEMPEST_EDOWN, NULL);
 }
 
+/* The WAIT reply: fewer replicas than asked ends the job for its producer. */
+static void on_replicated(redisAsyncContext *ac, void *reply, void *privdata) {
+    tp_redis *r = tp_redis_from(ac);
+    redisReply *rep = reply;
+    if (r == NULL)
+        return;
+    tempest_node *node = tp_redis_owner(r);
+    long long id = (long long)((intptr_t)privdata >> 16);
+    long long want = (long long)((intptr_t)privdata & 0xffff);
+    if (rep && rep->type == REDIS_REPLY_INTEGER && rep->integer >= want)
+        return;
+    tp_pending *job = tp_map_get(&node->pending, id);
+    if (job == NULL)
+        return; /* already ended (the push failed, or answered, or timed out) */
+    if (rep && rep->type == REDIS_REPLY_INTEGER)
+        tp_node_errorf(node, "job %lld reached %lld of %lld replicas", id, rep->integer, want);
+    else
+        tp_node_errorf(node, "job %lld: WAIT failed: %s", id, rep ? rep->str : "connection lost");
+    tp_log(&node->log, TEMPEST_LOG_WARN, "%s", tempest_node_errstr(node));
+    tp_node_finish(node, job);
+    tp_node_deliver(node, job, rep ? TEMPEST_EREDIS : TEMPEST_EDOWN, NULL);
+}
+
+/* WAIT after the push; privdata packs the job id and the replica count. */
+static int wait_replicas(tempest_node *node, long long id, int replicas, int timeout_ms) {
+    char n[16], ms[16];
+    snprintf(n, sizeof n, "%d", replicas);
+    snprintf(ms, sizeof ms, "%d", timeout_ms > 0 ? timeout_ms : 1000);
+    const char *argv[] = {"WAIT", n, ms};
+    size_t lens[] = {4, strlen(n), strlen(ms)};
+    void *tag = (void *)(intptr_t)((id << 16) | replicas);
+    return tp_redis_argv(node->redis, on_replicated, tag, 3, argv, lens);
+}
+
 static void on_timeout(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
@@ -90,6 +124,10 @@ static int push(tempest_node *node, const char *queue, const char *job, size_t l
 TEMPEST_API long long tempest_work(tempest_node *node, const char *queue, const char *action,
                                    json_t *args, const tempest_work_options *options,
                                    tempest_answer_fn *on_answer, void *arg) {
+    int replicas = options ? options->replicas : 0;
+    if (options && (replicas < 0 || replicas > 0xffff || options->replicas_timeout_ms < 0 ||
+                    (replicas > 0 && on_answer == NULL)))
+        return TEMPEST_EINVAL;
     int rc = check_args(node, queue, action, args);
     if (rc != 0)
         return rc;
@@ -110,6 +148,8 @@ TEMPEST_API long long tempest_work(tempest_node *node, const char *queue, const 
     }
     rc = push(node, queue, job, len, id, on_answer != NULL);
     free(job);
+    if (rc == 0 && replicas > 0 && wait_replicas(node, id, replicas, options->replicas_timeout_ms))
+        tp_log(&node->log, TEMPEST_LOG_WARN, "job %lld: WAIT not sent", id); /* pushed: keep it */
     if (rc != 0 && on_answer) {
         tp_pending *p = tp_map_del(&node->pending, id);
         tp_node_finish(node, p);

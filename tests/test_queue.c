@@ -490,6 +490,49 @@ static void test_cancel_queued_final_answer(void **state) {
     assert_int_equal(tempest_work_pending(f->node), 0);
 }
 
+/* `replicas`: WAIT after the push, against a real replica of the test's
+ * Redis; one replica short ends the job with EREDIS and leaves it queued. */
+static void test_wait_replicas(void **state) {
+    fixture *f = *state;
+    char port[16];
+    snprintf(port, sizeof port, "%d", f->redis.port);
+    const char *extra[] = {"--replicaof", "127.0.0.1", port, NULL};
+    tt_redis replica;
+    /* The first sync starts at once (diskless, without the 5 s delay). */
+    assert_int_equal(tt_redis_int(&f->redis, "CONFIG SET repl-diskless-sync-delay 0"), 0);
+    assert_int_equal(tt_redis_start(&replica, extra), 0);
+    long long deadline = tt_now_ms() + 5000;
+    while (tt_redis_int(&f->redis, "WAIT 1 100") < 1 && tt_now_ms() < deadline)
+        ;
+    assert_int_equal(tt_redis_int(&f->redis, "WAIT 1 100"), 1);
+
+    tempest_worker *w = new_worker(f, "qw", 1);
+    assert_int_equal(tempest_worker_on(w, "x", echo, NULL), 0);
+    assert_int_equal(tempest_worker_start(w), 0);
+    record ok = {0};
+    tempest_work_options one = {.replicas = 1, .replicas_timeout_ms = 2000};
+    assert_true(tempest_work(f->node, "qw", "x", NULL, &one, on_answer, &ok) > 0);
+    assert_true(tt_run_until(f->base, terminal, &ok, 5000));
+    assert_int_equal(ok.statuses[0], 0);
+    tempest_worker_free(w);
+
+    record shy = {0};
+    tempest_work_options two = {.replicas = 2, .replicas_timeout_ms = 200};
+    assert_true(tempest_work(f->node, "qw2", "x", NULL, &two, on_answer, &shy) > 0);
+    assert_true(tt_run_until(f->base, terminal, &shy, 5000));
+    assert_int_equal(shy.calls, 1);
+    assert_int_equal(shy.statuses[0], TEMPEST_EREDIS);
+    assert_non_null(strstr(tempest_node_errstr(f->node), "reached 1 of 2 replicas"));
+    assert_int_equal(tt_redis_int(&f->redis, "LLEN qw2"), 1); /* still queued */
+    assert_int_equal(tempest_work_pending(f->node), 0);
+
+    assert_int_equal(tempest_work(f->node, "qw2", "x", NULL, &one, NULL, NULL), TEMPEST_EINVAL);
+    tempest_work_options neg = {.replicas = -1};
+    assert_int_equal(tempest_work(f->node, "qw2", "x", NULL, &neg, on_answer, &shy),
+                     TEMPEST_EINVAL);
+    tt_redis_stop(&replica);
+}
+
 static void test_bad_arguments(void **state) {
     fixture *f = *state;
     json_t *obj = json_object();
@@ -530,21 +573,14 @@ static void test_cancel(void **state) {
 int main(void) {
     tt_require_redis();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),
-        cmocka_unit_test(test_streamed_answers),
-        cmocka_unit_test(test_timeout_keeps_job),
-        cmocka_unit_test(test_late_worker),
-        cmocka_unit_test(test_no_handler),
-        cmocka_unit_test(test_dead_letters),
-        cmocka_unit_test(test_fire_and_forget),
-        cmocka_unit_test(test_concurrency),
-        cmocka_unit_test(test_many_workers),
-        cmocka_unit_test(test_loop_and_stop),
-        cmocka_unit_test(test_free_in_handler),
-        cmocka_unit_test(test_listener_answers),
-        cmocka_unit_test(test_bad_arguments),
-        cmocka_unit_test(test_cancel),
-        cmocka_unit_test(test_cancel_queued_final_answer),
+        cmocka_unit_test(test_round_trip),       cmocka_unit_test(test_wait_replicas),
+        cmocka_unit_test(test_streamed_answers), cmocka_unit_test(test_timeout_keeps_job),
+        cmocka_unit_test(test_late_worker),      cmocka_unit_test(test_no_handler),
+        cmocka_unit_test(test_dead_letters),     cmocka_unit_test(test_fire_and_forget),
+        cmocka_unit_test(test_concurrency),      cmocka_unit_test(test_many_workers),
+        cmocka_unit_test(test_loop_and_stop),    cmocka_unit_test(test_free_in_handler),
+        cmocka_unit_test(test_listener_answers), cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_cancel),           cmocka_unit_test(test_cancel_queued_final_answer),
     };
     return cmocka_run_group_tests_name("queue", tests, setup, teardown);
 }

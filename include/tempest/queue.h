@@ -23,7 +23,8 @@ extern "C" {
  * with `status == TEMPEST_MORE`, then exactly once with a terminal status:
  * 0 with the final answer, or a negative code with `answer == NULL`
  * (TEMPEST_ETIMEDOUT, TEMPEST_EDOWN when Redis was lost before the job was
- * queued, TEMPEST_EREMOTE when the worker reported an error, in which case
+ * queued, TEMPEST_EREDIS when Redis refused the push or, with `replicas`,
+ * did not replicate it in time, TEMPEST_EREMOTE when the worker reported an error, in which case
  * `answer` is the worker's error text as a JSON string, TEMPEST_ECANCELED
  * when the job was cancelled or the node freed). `answer` is borrowed and
  * valid only during the call; json_incref() it to keep it. The callback may
@@ -37,6 +38,18 @@ typedef struct tempest_work_options {
     /** How long to wait for the final answer; 0: 30000 ms; negative: no
      *  deadline. Each partial answer does not extend it. */
     int timeout_ms;
+    /** Durability across a failover (Redis replication is asynchronous):
+     *  when > 0, the push is followed by `WAIT replicas replicas_timeout_ms`
+     *  and, if fewer replicas than that acknowledged it in time, the job
+     *  ends for its producer with TEMPEST_EREDIS (the node's last error
+     *  says how many did) and a later answer is refused, as after a
+     *  timeout; the job itself stays queued and may still run. Needs
+     *  `on_answer`. WAIT holds the node's Redis connection (every command
+     *  of the node queues behind it) for up to the timeout when replicas
+     *  are missing: keep it short, or give such producers a node of their
+     *  own. 0: no WAIT. */
+    int replicas;
+    int replicas_timeout_ms; /**< 0: 1000 */
 } tempest_work_options;
 
 /**
@@ -47,7 +60,9 @@ typedef struct tempest_work_options {
  * forget (respond_to is null) and nothing is called back.
  *
  * `args` is borrowed and must be a JSON array (NULL means `[]`). `options`
- * may be NULL. The action name `auth` is reserved (the listener's AUTH).
+ * may be NULL; `replicas` without `on_answer`, or a negative `replicas` or
+ * `replicas_timeout_ms`, is TEMPEST_EINVAL. The action name `auth` is reserved (the listener's
+ * AUTH).
  *
  * Returns the job id (> 0, unique within the node), or a negative code:
  * TEMPEST_EINVAL (bad argument), TEMPEST_EDOWN (Redis is not connected now),
