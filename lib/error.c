@@ -39,6 +39,8 @@ TEMPEST_API const char *tempest_strerror(int code) {
         return "bad address";
     case TEMPEST_EREMOTE:
         return "remote error";
+    case TEMPEST_EAGAIN:
+        return "try again later";
     default:
         return "unknown error";
     }

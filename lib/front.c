@@ -7,6 +7,12 @@
  * client leaves, so each waiting request watches its connection's close
  * callback and cancels its job there. `GET /sub/<channel>` is not a job:
  * lib/sse.c streams it (Server-Sent Events).
+ *
+ * Backpressure: the jobs are "flow" jobs, whose partial answers' +OK the
+ * node holds until they are delivered here. While the HTTP connection's
+ * unsent output is over FLOW_HIGH, the front keeps one reply back (the
+ * worker's pipeline stalls behind it: RESP replies are in order) and lets
+ * it go once the output is down to FLOW_LOW.
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -33,8 +39,16 @@ typedef struct front_req {
     struct evhttp_connection *evcon;
     struct event *peek; /* notices a client that leaves while we wait */
     long long job;
-    bool started; /* a chunked response has begun */
+    bool started;        /* a chunked response has begun */
+    tp_reply_slot *held; /* a worker's reply held back (backpressure) */
+    struct event *drain; /* checks the output while a reply is held */
 } front_req;
+
+/* Unsent HTTP output of one request past which the worker is held back,
+ * and below which it may go on. */
+#define FLOW_HIGH ((size_t)4 << 20)
+#define FLOW_LOW ((size_t)1 << 20)
+enum { FLOW_CHECK_MS = 5 };
 
 struct tempest_front {
     tempest_node *node;
@@ -55,8 +69,13 @@ struct tempest_front {
 
 /* ---- request bookkeeping --------------------------------------------- */
 
+static void release_held(front_req *fr, const char *error);
+
 static void req_unlink(front_req *fr) {
     tempest_front *f = fr->front;
+    release_held(fr, NULL);
+    if (fr->drain)
+        event_free(fr->drain);
     if (fr->prev)
         fr->prev->next = fr->next;
     else
@@ -76,6 +95,7 @@ static void on_client_close(struct evhttp_connection *evcon, void *arg) {
     tp_log(&fr->front->node->log, TEMPEST_LOG_DEBUG, "front: client left, job %lld cancelled",
            fr->job);
     tempest_work_cancel(fr->front->node, fr->job);
+    release_held(fr, "CANCELED the HTTP client left");
     /* After a failed write libevent detaches the request and leaves it to us;
      * an attached one it frees itself after this callback. */
     if (evhttp_request_get_connection(fr->req) == NULL)
@@ -96,6 +116,7 @@ static void on_peek(evutil_socket_t fd, short what, void *arg) {
     tp_log(&fr->front->node->log, TEMPEST_LOG_DEBUG, "front: client left, job %lld cancelled",
            fr->job);
     tempest_work_cancel(fr->front->node, fr->job);
+    release_held(fr, "CANCELED the HTTP client left");
     req_unlink(fr);
     evhttp_connection_free(evcon); /* frees the request too */
 }
@@ -107,6 +128,58 @@ static int watch_client(front_req *fr) {
         return 0;
     fr->peek = event_new(fr->front->node->base, fd, EV_READ | EV_PERSIST, on_peek, fr);
     return fr->peek && event_add(fr->peek, NULL) == 0 ? 0 : TEMPEST_ENOMEM;
+}
+
+/* ---- backpressure ---------------------------------------------------- */
+
+static size_t unsent(const front_req *fr) {
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(fr->evcon);
+    return bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
+}
+
+/* Lets the held reply go: +OK, or `-error` when the request is over. */
+static void release_held(front_req *fr, const char *error) {
+    tp_reply_slot *slot = fr->held;
+    if (slot == NULL)
+        return;
+    fr->held = NULL;
+    if (fr->drain)
+        evtimer_del(fr->drain);
+    if (error)
+        tp_slot_reply_error(slot, error);
+    else
+        tp_slot_reply_status(slot, "OK");
+}
+
+static void on_drain_check(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    front_req *fr = arg;
+    struct timeval tv = {0, FLOW_CHECK_MS * 1000};
+    if (unsent(fr) <= FLOW_LOW)
+        release_held(fr, NULL);
+    else
+        evtimer_add(fr->drain, &tv);
+}
+
+/* From the answer callback: holds the answer's reply while the client is
+ * behind. One held reply is enough: the ones after it wait in order. */
+static void flow_check(front_req *fr) {
+    struct timeval tv = {0, FLOW_CHECK_MS * 1000};
+    if (fr->held || unsent(fr) <= FLOW_HIGH)
+        return;
+    if (fr->drain == NULL &&
+        (fr->drain = evtimer_new(fr->front->node->base, on_drain_check, fr)) == NULL)
+        return;
+    fr->held = tp_node_hold_reply(fr->front->node);
+    if (fr->held)
+        evtimer_add(fr->drain, &tv);
+}
+
+/* The front's jobs hold their partial answers' replies (see above). */
+static void flow_on(tempest_front *f, long long id) {
+    tp_pending *p = tp_map_get(&f->node->pending, id);
+    if (p)
+        p->flow = true;
 }
 
 /* ---- responses ------------------------------------------------------- */
@@ -165,8 +238,20 @@ static void send_chunk(struct evhttp_request *req, const tp_http_answer *a) {
     evbuffer_free(buf);
 }
 
+/* Raw bytes (tempest_job_write): a body chunk; a 200 if nothing came first. */
+static bool apply_raw(front_req *fr, json_t *answer) {
+    tp_http_answer a = {.body = json_string_value(answer), .body_len = json_string_length(answer)};
+    if (!fr->started)
+        evhttp_send_reply_start(fr->req, 200, NULL);
+    fr->started = true;
+    send_chunk(fr->req, &a);
+    return true;
+}
+
 /* Applies one answer; returns false when the request is over. */
 static bool apply_answer(front_req *fr, int status, json_t *answer) {
+    if (status == TEMPEST_MORE_RAW)
+        return apply_raw(fr, answer);
     char err[200];
     tp_http_answer a;
     if (tp_http_answer_parse(answer, !fr->started, &a, err, sizeof err) != 0) {
@@ -228,15 +313,17 @@ static void on_answer(tempest_node *node, long long job, int status, json_t *ans
     (void)node;
     (void)job;
     front_req *fr = arg;
-    bool more = status == TEMPEST_MORE;
+    bool more = status == TEMPEST_MORE || status == TEMPEST_MORE_RAW;
     evhttp_connection_set_closecb(fr->evcon, NULL, NULL);
     if (status == 0 || more) {
+        bool partial = more;
         more = apply_answer(fr, status, answer);
         if (more) {
             evhttp_connection_set_closecb(fr->evcon, on_client_close, fr);
+            flow_check(fr);
             return;
         }
-        if (status == TEMPEST_MORE)
+        if (partial)
             tempest_work_cancel(fr->front->node, fr->job);
     } else {
         reply_failure(fr, status, answer);
@@ -301,6 +388,7 @@ static int submit(tempest_front *f, front_req *fr, char *err, size_t errlen) {
         return (int)id;
     }
     fr->job = id;
+    flow_on(f, id);
     return 0;
 }
 
@@ -455,6 +543,7 @@ TEMPEST_API void tempest_front_free(tempest_front *f) {
     while (f->reqs) {
         front_req *fr = f->reqs;
         tempest_work_cancel(f->node, fr->job);
+        release_held(fr, "CANCELED the front is shutting down");
         req_unlink(fr);
     }
     tp_sse_free(f->sse); /* before evhttp_free, which closes the streams */

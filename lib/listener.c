@@ -348,6 +348,7 @@ static const struct info_section {
     {.name = "Server",
      .text = "redis_version:7.0.0\r\n"
              "tempest_version:" TEMPEST_VERSION_STRING "\r\n"
+             "tempest_features:raw,progress,cancel\r\n"
              "redis_mode:standalone\r\n"},
     {.name = "Persistence", .text = "loading:0\r\n"},
     {.name = "Replication", .text = "role:master\r\nconnected_slaves:0\r\n"},
@@ -647,6 +648,15 @@ void tp_slot_reply_error(tp_reply_slot *slot, const char *message) {
     slot_done(slot);
 }
 
+void tp_slot_reply_status(tp_reply_slot *slot, const char *status) {
+    if (slot == NULL)
+        return;
+    struct evbuffer *out = slot_target(slot);
+    if (out != NULL)
+        tp_resp_status(out, status);
+    slot_done(slot);
+}
+
 bool tp_slot_alive(const tp_reply_slot *slot) {
     return slot != NULL && slot->s != NULL;
 }
@@ -683,7 +693,8 @@ static bool looks_like_answer(int argc, const char **argv, const size_t *lens) {
     for (size_t i = 0; i < lens[1]; i++)
         if (argv[1][i] < '0' || argv[1][i] > '9')
             return false;
-    return argc == 3 || word_is(argv[3], lens[3], "MORE") || word_is(argv[3], lens[3], "ERROR");
+    return argc == 3 || word_is(argv[3], lens[3], "MORE") || word_is(argv[3], lens[3], "ERROR") ||
+           word_is(argv[3], lens[3], "RAW") || word_is(argv[3], lens[3], "PROGRESS");
 }
 
 static void run_command(tp_session *s, int argc, const char **argv, const size_t *lens,

@@ -89,6 +89,8 @@ tp_reply_slot *tp_listener_defer(struct evbuffer *out);
  *  replaced); `slot` is freed by the call. NULL does nothing. */
 void tp_slot_reply_bulk(tp_reply_slot *slot, const char *buf, size_t len);
 void tp_slot_reply_error(tp_reply_slot *slot, const char *message);
+/** Completes `slot` with `+status`; `slot` is freed by the call. */
+void tp_slot_reply_status(tp_reply_slot *slot, const char *status);
 
 /** False once the client of `slot` is gone (its reply would be dropped). */
 bool tp_slot_alive(const tp_reply_slot *slot);

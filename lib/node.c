@@ -41,12 +41,17 @@ void tp_node_log_reply(redisAsyncContext *ac, void *reply, void *privdata) {
 /* ---- deliveries ------------------------------------------------------ */
 
 int tp_node_deliver(tempest_node *node, tp_pending *job, int status, json_t *json) {
+    return tp_node_deliver_held(node, job, status, json, NULL);
+}
+
+int tp_node_deliver_held(tempest_node *node, tp_pending *job, int status, json_t *json,
+                         tp_reply_slot *slot) {
     tp_delivery *d = status <= 0 ? &job->final : tp_malloc(sizeof *d);
     if (d == NULL) {
         json_decref(json);
         return TEMPEST_ENOMEM;
     }
-    *d = (tp_delivery){.job = job, .status = status, .json = json};
+    *d = (tp_delivery){.job = job, .status = status, .json = json, .slot = slot};
     if (node->dq_tail)
         node->dq_tail->next = d;
     else
@@ -55,6 +60,36 @@ int tp_node_deliver(tempest_node *node, tp_pending *job, int status, json_t *jso
     job->queued++;
     event_active(node->deliver_ev, EV_READ, 0);
     return 0;
+}
+
+tp_reply_slot *tp_node_hold_reply(tempest_node *node) {
+    tp_delivery *d = node->delivering;
+    tp_reply_slot *slot = d ? d->slot : NULL;
+    if (d)
+        d->slot = NULL;
+    return slot;
+}
+
+static const char cancelled_error[] =
+    "CANCELED job %lld was cancelled by its producer (client gone, cancelled or timed out)";
+
+void tp_node_cancelled(tempest_node *node, long long id) {
+    node->cancelled[node->ncancelled++ % TP_CANCELLED_KEEP] = id;
+    if (node->address == NULL || node->freeing)
+        return;
+    char channel[320], msg[32];
+    snprintf(channel, sizeof channel, "tempest:cancel:%s", node->address);
+    snprintf(msg, sizeof msg, "[\"%lld\"]", id);
+    const char *argv[] = {"PUBLISH", channel, msg};
+    (void)tp_redis_argv(node->redis, NULL, NULL, 3, argv, NULL);
+}
+
+static bool was_cancelled(const tempest_node *node, long long id) {
+    unsigned n = node->ncancelled < TP_CANCELLED_KEEP ? node->ncancelled : TP_CANCELLED_KEEP;
+    for (unsigned i = 0; i < n; i++)
+        if (node->cancelled[i] == id)
+            return true;
+    return false;
 }
 
 /* The job stays in the table until its terminal event is delivered, so
@@ -91,9 +126,16 @@ static bool deliver_one(tempest_node *node, tp_delivery *d) {
         if (terminal)
             tp_map_del(&node->pending, job->id);
         tp_node_enter(node);
+        node->delivering = d;
         job->fn(node, job->id, d->status, d->json, job->arg);
+        node->delivering = NULL;
         freed = tp_node_leave(node);
+        if (d->slot)
+            tp_slot_reply_status(d->slot, "OK");
     } else {
+        char msg[200];
+        snprintf(msg, sizeof msg, cancelled_error, job->id);
+        tp_slot_reply_error(d->slot, msg);
         terminal = job->queued == 0; /* cancelled: the last item frees it */
     }
     json_decref(d->json);
@@ -137,15 +179,64 @@ static int parse_id(const char *s, size_t len, long long *id) {
     return 0;
 }
 
-/* The 4th argument: 0 final, TEMPEST_MORE, TEMPEST_EREMOTE; -1 unknown. */
+enum { KIND_PROGRESS = 100 }; /* a sign of life, never delivered */
+
+/* The 4th argument: 0 final, TEMPEST_MORE, TEMPEST_MORE_RAW, TEMPEST_EREMOTE,
+ * KIND_PROGRESS; -1 unknown. */
 static int answer_kind(int argc, const char **argv) {
     if (argc == 3)
         return 0;
     if (strcasecmp(argv[3], "MORE") == 0)
         return TEMPEST_MORE;
+    if (strcasecmp(argv[3], "RAW") == 0)
+        return TEMPEST_MORE_RAW;
+    if (strcasecmp(argv[3], "PROGRESS") == 0)
+        return KIND_PROGRESS;
     if (strcasecmp(argv[3], "ERROR") == 0)
         return TEMPEST_EREMOTE;
     return -1;
+}
+
+/* A partial answer or a progress report: the deadline starts again. */
+static void extend_deadline(tempest_node *node, tp_pending *job) {
+    if (job->timer == NULL)
+        return;
+    if (job->timeout_ms == 0) {
+        evtimer_add(job->timer, node->default_timeout);
+        return;
+    }
+    struct timeval tv = {job->timeout_ms / 1000, (job->timeout_ms % 1000) * 1000};
+    evtimer_add(job->timer, &tv);
+}
+
+/* Decodes an answer's payload: JSON, or raw bytes as a JSON string. */
+static json_t *answer_payload(int kind, const char *buf, size_t len, char *err, size_t errlen) {
+    if (kind != TEMPEST_MORE_RAW)
+        return tp_answer_decode(buf, len, err, errlen);
+    json_t *j = json_stringn_nocheck(buf, len);
+    if (j == NULL)
+        snprintf(err, errlen, "out of memory");
+    return j;
+}
+
+/* Queues an accepted answer; a flow job's partial answer keeps its reply. */
+static void accept_answer(tempest_node *node, tp_pending *job, int kind, json_t *json,
+                          struct evbuffer *out) {
+    bool partial = kind == TEMPEST_MORE || kind == TEMPEST_MORE_RAW;
+    tp_reply_slot *slot = partial && job->flow ? tp_listener_defer(out) : NULL;
+    if (partial)
+        extend_deadline(node, job);
+    else
+        tp_node_finish(node, job);
+    if (tp_node_deliver_held(node, job, kind, json, slot) != 0) {
+        if (slot)
+            tp_slot_reply_error(slot, "ERR out of memory");
+        else
+            tp_resp_error(out, "ERR out of memory");
+        return;
+    }
+    if (slot == NULL)
+        tp_resp_status(out, "OK");
 }
 
 static void on_answer_command(tempest_node *node, int argc, const char **argv,
@@ -154,30 +245,35 @@ static void on_answer_command(tempest_node *node, int argc, const char **argv,
     long long id;
     int kind = answer_kind(argc, argv);
     if (kind == -1 || parse_id(argv[1], argvlen[1], &id) != 0) {
-        snprintf(msg, sizeof msg, "ERR usage: %.40s <job_id> <json> [MORE|ERROR]", argv[0]);
+        snprintf(msg, sizeof msg, "ERR usage: %.40s <job_id> <json> [MORE|RAW|PROGRESS|ERROR]",
+                 argv[0]);
         tp_resp_error(out, msg);
         return;
     }
     tp_pending *job = tp_map_get(&node->pending, id);
+    if ((job == NULL || job->done) && was_cancelled(node, id)) {
+        snprintf(msg, sizeof msg, cancelled_error, id);
+        tp_resp_error(out, msg);
+        return;
+    }
     if (job == NULL || job->done) {
         snprintf(msg, sizeof msg, "ERR unknown job %lld (finished, timed out or never sent)", id);
         tp_resp_error(out, msg);
         return;
     }
+    if (kind == KIND_PROGRESS) {
+        extend_deadline(node, job);
+        tp_resp_status(out, "OK");
+        return;
+    }
     char err[200];
-    json_t *json = tp_answer_decode(argv[2], argvlen[2], err, sizeof err);
+    json_t *json = answer_payload(kind, argv[2], argvlen[2], err, sizeof err);
     if (json == NULL) {
         snprintf(msg, sizeof msg, "ERR bad answer for job %lld: %s", id, err);
         tp_resp_error(out, msg);
         return;
     }
-    if (kind != TEMPEST_MORE)
-        tp_node_finish(node, job);
-    if (tp_node_deliver(node, job, kind, json) != 0) {
-        tp_resp_error(out, "ERR out of memory");
-        return;
-    }
-    tp_resp_status(out, "OK");
+    accept_answer(node, job, kind, json, out);
 }
 
 static void on_command(void *arg, int argc, const char **argv, const size_t *argvlen,

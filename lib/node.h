@@ -20,12 +20,17 @@
 
 struct event;
 
+/** How many cancelled job ids a node remembers, to refuse their late
+ *  answers with -CANCELED instead of -ERR unknown job. */
+#define TP_CANCELLED_KEEP 1024
+
 /** One answer (or terminal event) queued for delivery to its producer. */
 typedef struct tp_delivery {
     struct tp_delivery *next;
     struct tp_pending *job;
-    int status;   /* TEMPEST_MORE, 0, or a negative code */
-    json_t *json; /* owned reference, or NULL */
+    int status;          /* TEMPEST_MORE, TEMPEST_MORE_RAW, 0, or a negative code */
+    json_t *json;        /* owned reference, or NULL */
+    tp_reply_slot *slot; /* the worker's +OK, held until delivered (flow jobs) */
 } tp_delivery;
 
 /** A job of this node waiting for its answers. */
@@ -35,6 +40,8 @@ typedef struct tp_pending {
     tempest_answer_fn *fn;
     void *arg;
     struct event *timer;
+    int timeout_ms;    /* as given to tempest_work: re-armed by each sign of life */
+    bool flow;         /* partial answers' replies wait for their delivery */
     bool done;         /* terminal event queued: further answers are refused */
     int queued;        /* deliveries queued that point here */
     tp_delivery final; /* the terminal event needs no allocation: it always arrives */
@@ -62,6 +69,9 @@ struct tempest_node {
     /* pending jobs and their deliveries */
     tp_map pending;
     tp_delivery *dq_head, *dq_tail;
+    tp_delivery *delivering;                /* the delivery whose callback runs, or NULL */
+    long long cancelled[TP_CANCELLED_KEEP]; /* recently cancelled job ids, a ring */
+    unsigned ncancelled;
     struct event *deliver_ev;
     const struct timeval *default_timeout; /* common timeout for 30 s */
     /* workers built on the node, by serial: lets replies on the node's
@@ -91,6 +101,21 @@ int tp_node_ensure_listener(tempest_node *node);
 /** Queues a delivery for `job` and wakes the delivery event. Steals `json`.
  *  A terminal status (<= 0) never fails: it uses the job's own slot. */
 int tp_node_deliver(tempest_node *node, tp_pending *job, int status, json_t *json);
+
+/** As tp_node_deliver, with the reply `slot` of the answer (or NULL): it is
+ *  completed with +OK after the producer's callback, unless the callback
+ *  took it with tp_node_hold_reply(). */
+int tp_node_deliver_held(tempest_node *node, tp_pending *job, int status, json_t *json,
+                         tp_reply_slot *slot);
+
+/** From inside a producer's answer callback: takes the reply slot of the
+ *  answer being delivered (NULL when it has none); the caller completes it
+ *  later (tp_slot_reply_status / tp_slot_reply_error), exactly once. */
+tp_reply_slot *tp_node_hold_reply(tempest_node *node);
+
+/** Remembers `id` as cancelled (its answers get -CANCELED) and tells the
+ *  workers: PUBLISH tempest:cancel:<address> ["<id>"]. */
+void tp_node_cancelled(tempest_node *node, long long id);
 
 /** Marks `job` done (no more answers taken) and stops its timer; it leaves
  *  the table when its terminal event is delivered or it is cancelled. */

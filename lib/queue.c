@@ -68,6 +68,7 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
     tp_pending *job = arg;
+    tp_node_cancelled(job->node, job->id);
     tp_node_finish(job->node, job);
     tp_node_deliver(job->node, job, TEMPEST_ETIMEDOUT, NULL);
 }
@@ -89,7 +90,7 @@ static tp_pending *pending_new(tempest_node *node, long long id, tempest_answer_
     tp_pending *job = tp_calloc(1, sizeof *job);
     if (job == NULL)
         return NULL;
-    *job = (tp_pending){.node = node, .id = id, .fn = fn, .arg = arg};
+    *job = (tp_pending){.node = node, .id = id, .fn = fn, .arg = arg, .timeout_ms = timeout_ms};
     if (arm_deadline(node, job, timeout_ms) != 0 || tp_map_put(&node->pending, id, job) != 0) {
         if (job->timer)
             event_free(job->timer);
@@ -166,6 +167,7 @@ TEMPEST_API int tempest_work_cancel(tempest_node *node, long long job_id) {
         return TEMPEST_EINVAL;
     tp_map_del(&node->pending, job_id);
     tp_node_finish(node, job);
+    tp_node_cancelled(node, job_id);
     job->fn = NULL; /* queued answers, final ones included, are dropped */
     if (job->queued == 0)
         free(job);

@@ -37,8 +37,24 @@ typedef struct peer {
     tempest_worker *w;
     char *addr;
     redisAsyncContext *ac;
-    int inflight; /* answers sent, replies not yet read */
+    int inflight;     /* answers sent, replies not yet read */
+    tempest_job *job; /* the one job a stream connection serves; NULL: shared */
+    bool stream;      /* a job's own connection (closed after its last reply) */
+    bool probed;      /* INFO sent: only when a feature is needed */
+    bool caps_known;  /* the listener answered INFO */
+    bool raw;         /* ... and takes RAW answers */
+    bool progress;    /* ... and PROGRESS reports */
 } peer;
+
+/* Unreplied bytes of one job's partial answers past which tempest_job_write
+ * refuses (TEMPEST_EAGAIN); its drain callback runs at half of it. */
+enum { STREAM_WINDOW = 1 << 20, MAX_WATCHES = 256 };
+
+/* A producer address whose cancel channel the worker subscribed to. */
+typedef struct watch {
+    struct watch *next;
+    char *addr;
+} watch;
 
 /* The keys of one queue for this worker (see lib/scripts.c). */
 typedef struct wqueue {
@@ -61,6 +77,12 @@ struct tempest_job {
     size_t raw_len;
     int queue;      /* index in w->queues */
     bool abandoned; /* requeued at stop: the handler's next call frees it */
+    long long serial;
+    peer *own;      /* the job's stream connection, once it streams */
+    size_t unacked; /* bytes of partial answers sent and not yet replied */
+    bool canceled, want_drain, progress_wanted;
+    tempest_job_fn *on_cancel, *on_drain;
+    void *cancel_arg, *drain_arg;
 };
 
 struct tempest_worker {
@@ -83,6 +105,10 @@ struct tempest_worker {
     bool joined;                                /* in the node's presence */
     peer *peers;
     int answers_inflight;
+    long long next_job_serial;
+    tempest_subscriber *cancel_sub; /* tempest:cancel:<producer>, once needed */
+    watch *watches;
+    int nwatches;
     struct event *retry;                     /* take again after an error reply */
     struct event *flush;                     /* bound on waiting for answer replies at stop */
     struct event *heartbeat;                 /* presence refresh while no take is in flight */
@@ -102,6 +128,7 @@ struct tempest_worker {
 
 static void maybe_take(tempest_worker *w);
 static void destroy(tempest_worker *w);
+static void job_cancel(tempest_job *job, const char *why);
 static void check_finished(tempest_worker *w);
 static void signals_set(tempest_worker *w, bool on);
 
@@ -440,9 +467,14 @@ static void peer_unlink(peer *p) {
     w->answers_inflight -= p->inflight;
     if (p->ac)
         p->ac->data = NULL;
+    tempest_job *job = p->job;
+    if (job)
+        job->own = NULL;
     free(p->addr);
     free(p);
     check_finished(w);
+    if (job) /* a stream cut short: nothing more can reach the producer */
+        job_cancel(job, "connection to the producer lost");
 }
 
 static void on_peer_connect(const redisAsyncContext *ac, int status) {
@@ -553,7 +585,9 @@ static void peer_auth(peer *p) {
         tp_log(&p->w->node->log, TEMPEST_LOG_WARN, "cannot send AUTH to %s", p->addr);
 }
 
-static peer *peer_open(tempest_worker *w, const char *addr) {
+static void on_peer_caps(redisAsyncContext *ac, void *reply, void *privdata);
+
+static peer *peer_open(tempest_worker *w, const char *addr, bool stream) {
     char *host = NULL, err[200] = "out of memory";
     int port;
     peer *p = tp_calloc(1, sizeof *p);
@@ -566,6 +600,7 @@ static peer *peer_open(tempest_worker *w, const char *addr) {
     p->ac->data = p;
     redisAsyncSetConnectCallback(p->ac, on_peer_connect);
     redisAsyncSetDisconnectCallback(p->ac, on_peer_disconnect);
+    p->stream = stream;
     p->next = w->peers;
     w->peers = p;
     peer_auth(p);
@@ -582,28 +617,44 @@ fail:
 
 static peer *peer_get(tempest_worker *w, const char *addr) {
     for (peer *p = w->peers; p; p = p->next)
-        if (strcmp(p->addr, addr) == 0)
+        if (!p->stream && strcmp(p->addr, addr) == 0)
             return p;
-    return peer_open(w, addr);
+    return peer_open(w, addr, false);
+}
+
+/* The job's answers go on its stream connection once it has one. */
+static peer *job_peer(tempest_job *job) {
+    return job->own ? job->own : peer_get(job->w, job->parts.respond_to);
+}
+
+/* A streamed job gets a connection of its own, so that a producer that
+ * holds back its replies (backpressure) stalls this job only. */
+static peer *stream_peer(tempest_job *job) {
+    if (job->own == NULL && (job->own = peer_open(job->w, job->parts.respond_to, true)) != NULL)
+        job->own->job = job;
+    return job->own;
+}
+
+/* Sends `<action> <id> <payload> [flag]` on `p`; `fn` gets `privdata`. */
+static int send_to(peer *p, tempest_job *job, const char *payload, size_t len, const char *flag,
+                   redisCallbackFn *fn, void *privdata) {
+    char id[24];
+    int idlen = snprintf(id, sizeof id, "%lld", job->parts.id);
+    const char *argv[] = {job->parts.action, id, payload, flag};
+    size_t lens[] = {strlen(job->parts.action), (size_t)idlen, len, flag ? strlen(flag) : 0};
+    if (redisAsyncCommandArgv(p->ac, fn, privdata, flag ? 4 : 3, argv, lens) != REDIS_OK)
+        return TEMPEST_EDOWN;
+    p->inflight++;
+    job->w->answers_inflight++;
+    return 0;
 }
 
 /* Sends `<action> <id> <payload> [flag]` to the job's producer. `st` (a
  * final answer's settlement, or NULL) is taken over when this returns 0. */
 static int send_answer(tempest_job *job, const char *payload, size_t len, const char *flag,
                        settle *st) {
-    tempest_worker *w = job->w;
-    peer *p = peer_get(w, job->parts.respond_to);
-    if (p == NULL)
-        return TEMPEST_EDOWN;
-    char id[24];
-    int idlen = snprintf(id, sizeof id, "%lld", job->parts.id);
-    const char *argv[] = {job->parts.action, id, payload, flag};
-    size_t lens[] = {strlen(job->parts.action), (size_t)idlen, len, flag ? strlen(flag) : 0};
-    if (redisAsyncCommandArgv(p->ac, on_peer_reply, st, flag ? 4 : 3, argv, lens) != REDIS_OK)
-        return TEMPEST_EDOWN;
-    p->inflight++;
-    w->answers_inflight++;
-    return 0;
+    peer *p = job_peer(job);
+    return p ? send_to(p, job, payload, len, flag, on_peer_reply, st) : TEMPEST_EDOWN;
 }
 
 /* Sends a job's final answer; its acknowledgement follows the producer's
@@ -641,6 +692,10 @@ static void job_free(tempest_job *job) {
         w->jobs = job->next;
     if (job->next)
         job->next->prev = job->prev;
+    if (job->own) { /* closed once its last reply is in */
+        job->own->job = NULL;
+        redisAsyncDisconnect(job->own->ac);
+    }
     tp_job_parts_clear(&job->parts);
     free(job->raw);
     free(job);
@@ -656,9 +711,262 @@ static void job_release(tempest_job *job) {
     maybe_take(w);
 }
 
+/* ---- streams, cancellation and progress ------------------------------ */
+
+/* Runs a user callback of a job; the worker may be freed by it. */
+static void job_callback(tempest_job *job, tempest_job_fn *fn, void *arg) {
+    tempest_worker *w = job->w;
+    w->depth++;
+    fn(job, arg);
+    leave(w);
+}
+
+/* The producer no longer wants the job; the callback runs once. */
+static void job_cancel(tempest_job *job, const char *why) {
+    if (job->canceled || job->abandoned)
+        return;
+    job->canceled = true;
+    tp_log(&job->w->node->log, TEMPEST_LOG_DEBUG, "job %lld cancelled: %s", job->parts.id, why);
+    if (job->on_cancel)
+        job_callback(job, job->on_cancel, job->cancel_arg);
+}
+
+static bool job_writable(const tempest_job *job) {
+    if (job->canceled || job->abandoned || job->parts.respond_to == NULL)
+        return false;
+    return (job->own == NULL || job->own->caps_known) && job->unacked < STREAM_WINDOW;
+}
+
+/* A write was refused and there is room again: the drain callback runs. */
+static void maybe_drain(tempest_job *job) {
+    if (!job->want_drain || !job_writable(job) || job->unacked > STREAM_WINDOW / 2)
+        return;
+    job->want_drain = false;
+    if (job->on_drain)
+        job_callback(job, job->on_drain, job->drain_arg);
+}
+
+static bool is_cancel_error(const redisReply *rep) {
+    return rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "CANCELED", 8) == 0;
+}
+
+/* The producer's reply to a partial answer of `len` bytes (privdata). */
+static void on_stream_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    peer *p = ac->data;
+    redisReply *rep = reply;
+    if (p == NULL || rep == NULL)
+        return; /* the disconnect path settles the counts */
+    size_t len = (size_t)(uintptr_t)privdata;
+    tempest_job *job = p->job;
+    p->inflight--;
+    p->w->answers_inflight--;
+    if (job)
+        job->unacked -= len < job->unacked ? len : job->unacked;
+    if (rep->type == REDIS_REPLY_ERROR && !is_cancel_error(rep))
+        tp_log(&p->w->node->log, TEMPEST_LOG_WARN, "%s refused an answer: %s", p->addr, rep->str);
+    check_finished(p->w);
+    if (job && is_cancel_error(rep))
+        job_cancel(job, rep->str);
+    else if (job)
+        maybe_drain(job);
+}
+
+static tempest_job *job_by_serial(tempest_worker *w, long long serial) {
+    for (tempest_job *j = w->jobs; j; j = j->next)
+        if (j->serial == serial)
+            return j;
+    return NULL;
+}
+
+static void on_progress_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    peer *p = ac->data;
+    redisReply *rep = reply;
+    if (p == NULL || rep == NULL)
+        return;
+    tempest_worker *w = p->w;
+    p->inflight--;
+    w->answers_inflight--;
+    check_finished(w);
+    tempest_job *job = job_by_serial(w, (long long)(intptr_t)privdata);
+    if (job && is_cancel_error(rep))
+        job_cancel(job, rep->str);
+}
+
+static int send_progress(tempest_job *job, peer *p) {
+    if (!p->progress)
+        return 0; /* an older producer: it would take the report for the answer */
+    return send_to(p, job, "null", 4, "PROGRESS", on_progress_reply, (void *)(intptr_t)job->serial);
+}
+
+/* True when `list` (a comma-separated line of `n` bytes) holds `word`. */
+static bool has_feature(const char *list, size_t n, const char *word) {
+    size_t wl = strlen(word);
+    for (size_t i = 0; i < n;) {
+        size_t e = i;
+        while (e < n && list[e] != ',')
+            e++;
+        if (e - i == wl && memcmp(list + i, word, wl) == 0)
+            return true;
+        i = e + 1;
+    }
+    return false;
+}
+
+/* The listener's INFO: `tempest_features:` says what it takes beyond the
+ * compatible answers. Progress reports that waited for it go now. */
+static void on_peer_caps(redisAsyncContext *ac, void *reply, void *privdata) {
+    (void)privdata;
+    peer *p = ac->data;
+    redisReply *rep = reply;
+    if (p == NULL || rep == NULL)
+        return;
+    static const char key[] = "tempest_features:";
+    const char *f = rep->type == REDIS_REPLY_STRING ? strstr(rep->str, key) : NULL;
+    if (f) {
+        f += sizeof key - 1;
+        size_t n = strcspn(f, "\r\n");
+        p->raw = has_feature(f, n, "raw");
+        p->progress = has_feature(f, n, "progress");
+    }
+    p->caps_known = true;
+    for (tempest_job *j = p->w->jobs; j; j = j->next) {
+        bool mine = j->own == p || (!p->stream && j->own == NULL && j->parts.respond_to &&
+                                    strcmp(j->parts.respond_to, p->addr) == 0);
+        if (mine && j->progress_wanted) {
+            j->progress_wanted = false;
+            send_progress(j, p);
+        }
+    }
+    if (p->job)
+        maybe_drain(p->job);
+}
+
+/* Asks the listener what it takes, once, when a feature is first needed:
+ * compatible answers never wait for it, so an older listener sees exactly
+ * the commands it always saw. */
+static void peer_probe(peer *p) {
+    if (p->probed)
+        return;
+    p->probed = true;
+    if (redisAsyncCommand(p->ac, on_peer_caps, NULL, "INFO server") != REDIS_OK)
+        p->caps_known = true; /* cannot ask: an older listener, as far as we know */
+}
+
+static const char cancel_prefix[] = "tempest:cancel:";
+
+/* `PUBLISH tempest:cancel:<producer> ["<id>"]`: that producer gave up job id. */
+static void on_cancel_message(tempest_subscriber *sub, int what, const char *channel,
+                              const char *event, const char *data, size_t len, void *arg) {
+    (void)sub, (void)event, (void)len;
+    tempest_worker *w = arg;
+    size_t plen = sizeof cancel_prefix - 1;
+    if (what != TEMPEST_SUB_MESSAGE || channel == NULL || data == NULL ||
+        strncmp(channel, cancel_prefix, plen) != 0)
+        return;
+    const char *addr = channel + plen;
+    long long id = strtoll(data, NULL, 10);
+    for (tempest_job *j = w->jobs; j; j = j->next) {
+        if (j->parts.id == id && j->parts.respond_to && strcmp(j->parts.respond_to, addr) == 0) {
+            job_cancel(j, "cancelled by its producer");
+            return;
+        }
+    }
+}
+
+/* Subscribes to the cancel channel of a producer (at most MAX_WATCHES). */
+static void watch_producer(tempest_worker *w, const char *addr) {
+    for (watch *wt = w->watches; wt; wt = wt->next)
+        if (strcmp(wt->addr, addr) == 0)
+            return;
+    if (w->nwatches >= MAX_WATCHES)
+        return; /* such jobs learn of a cancel from their next answer's reply */
+    if (w->cancel_sub == NULL &&
+        (w->cancel_sub = tempest_subscriber_new(w->node, on_cancel_message, w, NULL)) == NULL)
+        return;
+    char *channel = tp_malloc(sizeof cancel_prefix + strlen(addr));
+    watch *wt = tp_calloc(1, sizeof *wt);
+    if (channel)
+        sprintf(channel, "%s%s", cancel_prefix, addr);
+    if (channel == NULL || wt == NULL || (wt->addr = tp_strdup(addr)) == NULL ||
+        tempest_subscribe(w->cancel_sub, channel, false) != 0) {
+        free(channel);
+        if (wt)
+            free(wt->addr);
+        free(wt);
+        return;
+    }
+    free(channel);
+    wt->next = w->watches;
+    w->watches = wt;
+    w->nwatches++;
+}
+
+static void free_watches(tempest_worker *w) {
+    tempest_subscriber_free(w->cancel_sub);
+    w->cancel_sub = NULL;
+    while (w->watches) {
+        watch *wt = w->watches;
+        w->watches = wt->next;
+        free(wt->addr);
+        free(wt);
+    }
+    w->nwatches = 0;
+}
+
+/* Sends one partial answer on the job's stream connection. */
+static int send_partial(tempest_job *job, const char *payload, size_t len, const char *flag) {
+    peer *p = stream_peer(job);
+    if (p == NULL)
+        return TEMPEST_EDOWN;
+    int rc = send_to(p, job, payload, len, flag, on_stream_reply, (void *)(uintptr_t)len);
+    if (rc == 0)
+        job->unacked += len;
+    return rc;
+}
+
+static bool is_url(const tempest_job *job) {
+    return strcmp(job->parts.action, "url") == 0;
+}
+
+/* A producer that takes JSON answers only: text goes as a JSON chunk (the
+ * body element of a `url` answer); other bytes cannot go at all. */
+static int send_text_chunk(tempest_job *job, const char *bytes, size_t len) {
+    json_t *text = json_stringn(bytes, len);
+    if (text == NULL)
+        return TEMPEST_EPROTO;
+    json_t *a = is_url(job) ? json_pack("[nno]", text) : text;
+    size_t n;
+    char *payload = a ? tp_answer_encode(a, &n) : NULL;
+    json_decref(a);
+    int rc = payload ? send_partial(job, payload, n, "MORE") : TEMPEST_ENOMEM;
+    free(payload);
+    return rc;
+}
+
+static int write_chunk(tempest_job *job, const char *bytes, size_t len) {
+    peer *p = stream_peer(job);
+    if (p == NULL)
+        return TEMPEST_EDOWN;
+    peer_probe(p);
+    if (!p->caps_known || job->unacked >= STREAM_WINDOW) {
+        job->want_drain = true;
+        return TEMPEST_EAGAIN;
+    }
+    return p->raw ? send_partial(job, bytes, len, "RAW") : send_text_chunk(job, bytes, len);
+}
+
 /* A call on a job requeued at stop: refused, and the job is freed. */
 static int job_abandoned(tempest_job *job) {
     job_free(job);
+    return TEMPEST_ECANCELED;
+}
+
+/* An answer to a cancelled job: nothing is sent; a final one finishes it. */
+static int job_refused(tempest_job *job, bool more) {
+    if (!more) {
+        ack(job);
+        job_release(job);
+    }
     return TEMPEST_ECANCELED;
 }
 
@@ -667,6 +975,8 @@ TEMPEST_API int tempest_job_answer(tempest_job *job, json_t *answer, bool more) 
         return TEMPEST_EINVAL;
     if (job->abandoned)
         return job_abandoned(job);
+    if (job->canceled)
+        return job_refused(job, more);
     if (job->parts.respond_to == NULL) {
         if (!more) {
             ack(job);
@@ -678,7 +988,7 @@ TEMPEST_API int tempest_job_answer(tempest_job *job, json_t *answer, bool more) 
     char *payload = tp_answer_encode(answer, &len);
     int rc;
     if (more)
-        rc = payload ? send_answer(job, payload, len, "MORE", NULL) : TEMPEST_ENOMEM;
+        rc = payload ? send_partial(job, payload, len, "MORE") : TEMPEST_ENOMEM;
     else if (payload)
         rc = send_final(job, payload, len);
     else {
@@ -689,6 +999,74 @@ TEMPEST_API int tempest_job_answer(tempest_job *job, json_t *answer, bool more) 
     if (!more)
         job_release(job);
     return rc == TEMPEST_EDOWN ? 0 : rc; /* logged; the job is retried */
+}
+
+TEMPEST_API int tempest_job_write(tempest_job *job, const void *bytes, size_t len, bool more) {
+    if (job == NULL || (bytes == NULL && len > 0))
+        return TEMPEST_EINVAL;
+    if (job->abandoned)
+        return job_abandoned(job);
+    if (job->canceled)
+        return job_refused(job, more);
+    if (job->parts.respond_to == NULL) {
+        if (!more) {
+            ack(job);
+            job_release(job);
+        }
+        return 0;
+    }
+    int rc = len > 0 ? write_chunk(job, bytes, len) : 0;
+    if (rc != 0 || more)
+        return rc == TEMPEST_EDOWN ? 0 : rc; /* logged; the final answer is retried */
+    json_t *end = is_url(job) ? json_pack("[nnn]") : json_null();
+    if (end == NULL)
+        return TEMPEST_ENOMEM;
+    rc = tempest_job_answer(job, end, false);
+    json_decref(end);
+    return rc;
+}
+
+TEMPEST_API bool tempest_job_writable(const tempest_job *job) {
+    return job && job_writable(job);
+}
+
+TEMPEST_API int tempest_job_on_drain(tempest_job *job, tempest_job_fn *fn, void *arg) {
+    if (job == NULL)
+        return TEMPEST_EINVAL;
+    job->on_drain = fn;
+    job->drain_arg = arg;
+    return 0;
+}
+
+TEMPEST_API bool tempest_job_active(const tempest_job *job) {
+    return job && !job->canceled && !job->abandoned;
+}
+
+TEMPEST_API int tempest_job_on_cancel(tempest_job *job, tempest_job_fn *fn, void *arg) {
+    if (job == NULL)
+        return TEMPEST_EINVAL;
+    job->on_cancel = fn;
+    job->cancel_arg = arg;
+    return 0;
+}
+
+TEMPEST_API int tempest_job_progress(tempest_job *job) {
+    if (job == NULL)
+        return TEMPEST_EINVAL;
+    if (job->canceled || job->abandoned)
+        return TEMPEST_ECANCELED;
+    if (job->parts.respond_to == NULL)
+        return 0;
+    peer *p = job_peer(job);
+    if (p == NULL)
+        return 0; /* logged: the producer cannot be reached */
+    peer_probe(p);
+    if (!p->caps_known) {
+        job->progress_wanted = true; /* sent when the listener has told its features */
+        return 0;
+    }
+    (void)send_progress(job, p); /* a failure is the connection's: logged there */
+    return 0;
 }
 
 TEMPEST_API int tempest_job_done(tempest_job *job) {
@@ -776,6 +1154,9 @@ static tempest_job *job_new(tempest_worker *w, int qi, tp_job_parts *parts, cons
     job->w = w;
     job->queue = qi;
     job->parts = *parts;
+    job->serial = ++w->next_job_serial;
+    if (parts->respond_to)
+        watch_producer(w, parts->respond_to);
     job->next = w->jobs;
     if (w->jobs)
         w->jobs->prev = job;
@@ -1487,6 +1868,7 @@ static void destroy(tempest_worker *w) {
     for (settle *st = w->settles; st; st = st->next)
         st->linked = false; /* freed by their reply callbacks, below or later */
     w->settles = NULL;
+    free_watches(w);
     free_peers(w);
     take_settle(w, NULL); /* freed: what it carried unconfirmed is left for the reaper */
     while (w->acks_sent) {

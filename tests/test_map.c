@@ -71,7 +71,7 @@ static void test_strerror(void **state) {
     (void)state;
     assert_string_equal(tempest_strerror(TEMPEST_ETIMEDOUT), "timed out");
     assert_string_equal(tempest_strerror(12345), "unknown error");
-    for (int c = 0; c >= TEMPEST_EREMOTE; c--)
+    for (int c = 0; c >= TEMPEST_EAGAIN; c--)
         assert_string_not_equal(tempest_strerror(c), "unknown error");
 }
 

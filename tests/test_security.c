@@ -50,9 +50,10 @@
  */
 #ifndef ACL_RULES /* -DACL_RULES=... to try another set */
 #define ACL_RULES                                                                                  \
-    "on >pw ~* resetchannels -@all +select +incr +rpush +blmove +evalsha +script|load +time "      \
+    "on >pw ~* resetchannels &tempest:cancel:* -@all +select +incr +rpush +blmove +evalsha "       \
+    "+script|load +time "                                                                          \
     "+set +exists +del +sadd +srem +smembers +lrange +ltrim +lpush +lpop +lrem +llen +hincrby "    \
-    "+hdel +hset +hget +zadd +zrem +zrangebyscore"
+    "+hdel +hset +hget +zadd +zrem +zrangebyscore +publish +subscribe +unsubscribe"
 #endif
 
 /* ---- session level --------------------------------------------------------- */

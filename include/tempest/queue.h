@@ -19,6 +19,16 @@ extern "C" {
 #define TEMPEST_MORE 1
 
 /**
+ * `status` of a partial answer of raw bytes (a worker's tempest_job_write):
+ * `answer` is a JSON string that holds the bytes as they were written. They
+ * may hold NULs and need not be UTF-8: read them with json_string_value()
+ * and json_string_length(), never as a C string or as text. More answers
+ * follow, as for TEMPEST_MORE. Only libtempest workers send these, and only
+ * to nodes whose listener advertises them (docs/protocol.md).
+ */
+#define TEMPEST_MORE_RAW 2
+
+/**
  * Receives the answers to one job. It is called once per partial answer
  * with `status == TEMPEST_MORE`, then exactly once with a terminal status:
  * 0 with the final answer, or a negative code with `answer == NULL`
@@ -36,7 +46,11 @@ typedef void tempest_answer_fn(tempest_node *node, long long job_id, int status,
 /** Options of one job. Zero means the default. */
 typedef struct tempest_work_options {
     /** How long to wait for the final answer; 0: 30000 ms; negative: no
-     *  deadline. Each partial answer does not extend it. */
+     *  deadline. Each partial answer (TEMPEST_MORE, TEMPEST_MORE_RAW) and
+     *  each progress report of the worker (tempest_job_progress) starts the
+     *  wait again: the deadline is `timeout_ms` after the latest sign of
+     *  life. When it passes, the job is cancelled as by tempest_work_cancel
+     *  (its worker is told). */
     int timeout_ms;
     /** Durability across a failover (Redis replication is asynchronous):
      *  when > 0, the push is followed by `WAIT replicas replicas_timeout_ms`
@@ -76,8 +90,12 @@ TEMPEST_API long long tempest_work(tempest_node *node, const char *queue, const 
 /**
  * Stops waiting for job `job_id`: its callback is not called again (not
  * even for answers already received but not yet delivered), and a later
- * answer from a worker is refused with `-ERR unknown job`. The job itself
- * stays in the queue if no worker has taken it yet. Returns 0, or
+ * answer from a worker is refused with `-CANCELED` (the node remembers the
+ * last 1024 cancelled ids; older ones get `-ERR unknown job`). The worker
+ * that holds the job is told at once through Redis (`PUBLISH
+ * tempest:cancel:<this node's address>`): a libtempest worker's
+ * tempest_job_active() turns false and its cancel callback runs. The job
+ * itself stays in the queue if no worker has taken it yet. Returns 0, or
  * TEMPEST_EINVAL when no such job is pending (already finished, timed out
  * or cancelled).
  */

@@ -51,6 +51,7 @@ enum tempest_errcode {
     TEMPEST_ELIMIT = -11,    /**< a configured limit was exceeded */
     TEMPEST_EADDR = -12,     /**< an address or URL could not be parsed or bound */
     TEMPEST_EREMOTE = -13,   /**< the remote side reported an error */
+    TEMPEST_EAGAIN = -14,    /**< not now: wait for the documented callback, then retry */
 };
 
 /**

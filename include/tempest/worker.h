@@ -27,6 +27,14 @@ typedef struct tempest_job tempest_job;
 typedef void tempest_handler_fn(tempest_worker *worker, tempest_job *job, void *arg);
 
 /**
+ * A callback about one job in hand (tempest_job_on_drain,
+ * tempest_job_on_cancel). It runs on the node's loop, never from inside the
+ * call that set it, and may answer, finish or fail the job, or free the
+ * worker.
+ */
+typedef void tempest_job_fn(tempest_job *job, void *arg);
+
+/**
  * Worker options. Zero (or NULL) means the default of each field.
  *
  * Reliability: a job is moved (BLMOVE, or LMOVE in a Lua script) from its
@@ -155,13 +163,15 @@ TEMPEST_API long long tempest_job_id(const tempest_job *job);
 /**
  * Sends an answer (borrowed; encoded at once) to the job's producer as
  * `<action> <id> <json> [MORE]`. With `more` the job stays in hand and
- * further answers may follow; without it the job is finished: removed from
- * the worker's processing list in Redis, and freed. For a fire-and-forget
+ * further answers may follow, on a connection of the job's own (see
+ * tempest_job_write() for the window that partial answers count in); without it the job is
+ * finished: removed from the worker's processing list in Redis, and freed. For a fire-and-forget
  * job nothing is sent. A failure to reach the producer is logged, never
  * reported to a handler that cannot act on it.
  * Returns 0, TEMPEST_EINVAL (NULL job or answer), TEMPEST_ENOMEM (the job
  * is still finished when `more` is false), or TEMPEST_ECANCELED for a job
- * requeued at stop (the job is freed).
+ * requeued at stop (the job is freed) or one its producer gave up (see
+ * tempest_job_active(): nothing is sent; a final answer finishes the job).
  */
 TEMPEST_API int tempest_job_answer(tempest_job *job, json_t *answer, bool more);
 
@@ -181,6 +191,93 @@ TEMPEST_API int tempest_job_done(tempest_job *job);
  * gone), or TEMPEST_ECANCELED (requeued at stop).
  */
 TEMPEST_API int tempest_job_fail(tempest_job *job, const char *reason, bool retry);
+
+/**
+ * Streams raw bytes (borrowed; copied before the call returns) to the job's
+ * producer, as a partial answer; with `more == false` the stream ends: the
+ * bytes (if any) are followed by the final answer (`[null,null,null]` for a
+ * `url` job, `null` otherwise), and the job is finished and freed as by a
+ * final tempest_job_answer(). Any bytes go, NULs and non-UTF-8 included;
+ * a `url` job's bytes become the HTTP body as they are. Send the status
+ * and headers first, with tempest_job_answer(job, [status, headers, null],
+ * true); bytes before that make the front start a 200 response without
+ * headers.
+ *
+ * Backpressure: a streamed job has its own connection to the producer, and
+ * at most 1 MiB of its partial answers may wait for the producer's reply
+ * (a front holds its replies back while its HTTP client is slow). Past
+ * that, and until the producer's listener has told what it supports (just
+ * after the first call), the call refuses with TEMPEST_EAGAIN and sends
+ * nothing; the drain callback (tempest_job_on_drain) runs once there is
+ * room again (half the window). So the worker's memory for a stream stays
+ * within the window plus one chunk, whatever the size of the stream.
+ *
+ * To a producer that does not take raw answers (an older listener, which
+ * does not list `raw` in its INFO `tempest_features:`), the bytes go as
+ * JSON text when they are valid UTF-8 (in the body element of a `url`
+ * answer) and are refused with TEMPEST_EPROTO otherwise.
+ *
+ * For a fire-and-forget job nothing is sent (the final call finishes the
+ * job). Returns 0; TEMPEST_EAGAIN (nothing sent: wait for the drain
+ * callback, then call again with the same bytes); TEMPEST_ECANCELED when the
+ * producer gave up the job (nothing sent; with `more == false` the job is
+ * finished and freed) or it was requeued at stop (the job is freed);
+ * TEMPEST_EPROTO (see above); TEMPEST_EINVAL (NULL job, or NULL bytes with
+ * `len > 0`); TEMPEST_ENOMEM. A failure to reach the producer is logged and
+ * cancels the job (tempest_job_active() turns false).
+ */
+TEMPEST_API int tempest_job_write(tempest_job *job, const void *bytes, size_t len, bool more);
+
+/** True when tempest_job_write() would accept bytes now (the job is active,
+ *  its stream window has room, and its producer's features are known or not
+ *  asked yet). False for a NULL or fire-and-forget job. */
+TEMPEST_API bool tempest_job_writable(const tempest_job *job);
+
+/**
+ * Sets the callback that runs when a write refused with TEMPEST_EAGAIN can
+ * go (`fn` NULL: none; `arg` is passed back). It runs once per refusal, on
+ * the node's loop, from the producer's reply. tempest_job_answer() with
+ * `more` never refuses (older code keeps working) but counts in the same
+ * window: a streaming handler should check tempest_job_writable() between
+ * chunks. Returns 0 or TEMPEST_EINVAL (NULL job).
+ */
+TEMPEST_API int tempest_job_on_drain(tempest_job *job, tempest_job_fn *fn, void *arg);
+
+/**
+ * False once the job's producer no longer wants it: the HTTP client of a
+ * `url` job left, the producer cancelled it (tempest_work_cancel) or its
+ * deadline passed, or the connection a stream went on was lost; also
+ * false for a job requeued at stop. The worker learns it from the
+ * producer's Redis channel `tempest:cancel:<respond_to>` (at once, even
+ * while the handler has sent nothing) and from the `-CANCELED` reply to
+ * any answer or progress report. Answers to an inactive job are refused
+ * with TEMPEST_ECANCELED. The job stays in hand until it is finished. A
+ * NULL job is not active.
+ */
+TEMPEST_API bool tempest_job_active(const tempest_job *job);
+
+/**
+ * Sets the callback that runs once when the job stops being active (see
+ * tempest_job_active(); not for a requeue at stop). `fn` NULL: none. It is
+ * not called for a job already cancelled when it is set: check
+ * tempest_job_active() after setting it. The callback should finish the
+ * job soon (tempest_job_done(), or a final answer, which returns
+ * TEMPEST_ECANCELED and finishes it). Returns 0 or TEMPEST_EINVAL.
+ */
+TEMPEST_API int tempest_job_on_cancel(tempest_job *job, tempest_job_fn *fn, void *arg);
+
+/**
+ * Tells the producer the job is still being worked on: sends
+ * `<action> <id> null PROGRESS`, which starts the producer's deadline
+ * (tempest_work_options.timeout_ms, a front's timeout_ms) again, so a long
+ * job stays alive while it reports progress more often than that timeout.
+ * Partial answers do the same. Sent only to producers whose listener lists
+ * `progress` in its features (an older one would take the report for the
+ * answer): to others nothing is sent. The first report to a producer not
+ * yet asked waits for its listener's features. Returns 0, TEMPEST_ECANCELED
+ * (the job is not active; it stays in hand), or TEMPEST_EINVAL.
+ */
+TEMPEST_API int tempest_job_progress(tempest_job *job);
 
 /** Index of the job's queue in the `queues` option (0 with `queue`). */
 TEMPEST_API int tempest_job_queue_index(const tempest_job *job);

@@ -1,0 +1,649 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Integration tests of streamed answers, backpressure, cancellation and
+ * progress reports, against a private redis-server. The front, the worker
+ * and the producers run on one event_base in this process; the HTTP client
+ * is a child process that reads the chunked response with blocking reads,
+ * as slowly as it is told, and reports the byte count and an FNV-1a hash
+ * of the body through a pipe.
+ *
+ * The big stream is TEMPEST_STREAM_BYTES bytes (default 1 GiB; 64 MiB
+ * under a sanitizer and 8 MiB under valgrind, where RSS says nothing about
+ * the library and the bound is not checked). The front's process RSS growth while it
+ * streams must stay under STREAM_RSS_BOUND.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <jansson.h>
+#include <tempest/tempest.h>
+
+#include "harness.h"
+
+#define WAIT_MS 10000
+#define CHUNK ((size_t)64 << 10)
+#define STREAM_RSS_BOUND ((long long)64 << 20)
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_SANITIZER 1
+#endif
+#endif
+#ifndef UNDER_SANITIZER
+#define UNDER_SANITIZER 0
+#endif
+
+static tt_redis g_redis;
+
+static bool under_valgrind(void) {
+    const char *p = getenv("LD_PRELOAD");
+    return p && strstr(p, "vgpreload") != NULL;
+}
+
+/* ---- byte sources and hashes ---------------------------------------- */
+
+static uint64_t fnv(uint64_t h, const unsigned char *p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+#define FNV_INIT 0xcbf29ce484222325ull
+
+/* Byte i of the stream: mode 0 a pseudo-random pattern, mode 1 i % 256. */
+static void fill(unsigned char *buf, size_t n, unsigned long long off, int mode) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned long long x = off + i;
+        buf[i] = mode == 1 ? (unsigned char)x : (unsigned char)((x * 2654435761u) >> 7 ^ x >> 11);
+    }
+}
+
+/* ---- the HTTP client (a child process) ------------------------------ */
+
+typedef struct client_result {
+    int status;
+    unsigned long long bytes;
+    uint64_t hash;
+} client_result;
+
+typedef struct client_plan {
+    size_t stall_after;         /* bytes read before the stall */
+    int stall_ms;               /* the stall */
+    size_t pause_every;         /* then a pause every so many bytes (0: none) */
+    int pause_ms;               /* ... of this long */
+    unsigned long long quit_at; /* close after this many body bytes (0: never) */
+} client_plan;
+
+/* Reads a chunked body from `in`; fills `r`. */
+static void read_chunked(FILE *in, const client_plan *plan, client_result *r) {
+    static unsigned char buf[CHUNK];
+    char line[256];
+    size_t since_pause = 0;
+    bool stalled = false;
+    while (fgets(line, sizeof line, in)) {
+        size_t n = strtoul(line, NULL, 16);
+        if (n == 0)
+            return;
+        while (n > 0) {
+            size_t want = n < sizeof buf ? n : sizeof buf;
+            size_t got = fread(buf, 1, want, in);
+            if (got == 0)
+                return;
+            r->hash = fnv(r->hash, buf, got);
+            r->bytes += got;
+            n -= got;
+            since_pause += got;
+            if (plan->quit_at && r->bytes >= plan->quit_at)
+                return;
+            if (!stalled && r->bytes >= plan->stall_after) {
+                stalled = true;
+                usleep((useconds_t)plan->stall_ms * 1000);
+            }
+            if (plan->pause_every && since_pause >= plan->pause_every) {
+                since_pause = 0;
+                usleep((useconds_t)plan->pause_ms * 1000);
+            }
+        }
+        if (!fgets(line, sizeof line, in)) /* the CRLF after the data */
+            return;
+    }
+}
+
+static void client_main(int port, const char *path, const client_plan *plan, int out) {
+    client_result r = {.hash = FNV_INIT};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int rcvbuf = 64 << 10;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+        char req[256];
+        int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                         path);
+        if (write(fd, req, (size_t)n) == n) {
+            FILE *in = fdopen(fd, "r");
+            char line[1024];
+            if (in && fgets(line, sizeof line, in) &&
+                sscanf(line, "HTTP/1.%*d %d", &r.status) == 1) {
+                while (fgets(line, sizeof line, in) && strcmp(line, "\r\n") != 0)
+                    ;
+                read_chunked(in, plan, &r);
+            }
+        }
+    }
+    if (write(out, &r, sizeof r) != (ssize_t)sizeof r)
+        _exit(1);
+    _exit(0);
+}
+
+typedef struct client {
+    pid_t pid;
+    int fd; /* read end of the result pipe */
+    bool done;
+    client_result r;
+} client;
+
+static void client_start(client *c, int port, const char *path, const client_plan *plan) {
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    c->pid = fork();
+    assert_true(c->pid >= 0);
+    if (c->pid == 0) {
+        close(p[0]);
+        client_main(port, path, plan, p[1]);
+    }
+    close(p[1]);
+    c->fd = p[0];
+}
+
+static bool client_finished(void *arg) {
+    client *c = arg;
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    if (!c->done && poll(&pfd, 1, 0) == 1) {
+        c->done = read(c->fd, &c->r, sizeof c->r) == (ssize_t)sizeof c->r;
+        if (!c->done)
+            c->done = true, c->r.status = -1;
+    }
+    return c->done;
+}
+
+static void client_reap(client *c) {
+    if (c->pid > 0) {
+        if (!c->done)
+            kill(c->pid, SIGKILL);
+        waitpid(c->pid, NULL, 0);
+        close(c->fd);
+        c->pid = 0;
+    }
+}
+
+/* ---- fixture -------------------------------------------------------- */
+
+typedef struct fx {
+    struct event_base *base;
+    tempest_node *fnode, *wnode, *pnode; /* front, worker, producer */
+    tempest_front *front;
+    tempest_worker *worker;
+    int port;
+    /* the streaming job */
+    tempest_job *job;
+    unsigned long long total, sent;
+    uint64_t hash; /* of what was accepted */
+    int mode;
+    unsigned char chunk[CHUNK];
+    size_t chunk_len; /* generated and not yet accepted */
+    int eagain, drains, cancels, progress_sent;
+    bool finished, write_error;
+    int last_rc;
+    /* producer side */
+    long long job_id;
+    int status;
+    char *answer;
+    long long answered_at;
+    struct event *tick;
+    long long rss_base, rss_peak;
+    struct event *rss_ev;
+} fx;
+
+static long long rss_bytes(void) {
+    long long size = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%lld %lld", &size, &resident) != 2)
+            resident = 0;
+        fclose(f);
+    }
+    return resident * sysconf(_SC_PAGESIZE);
+}
+
+static void on_log(int level, const char *message, void *arg) {
+    (void)arg;
+    if (level >= TEMPEST_LOG_WARN)
+        fprintf(stderr, "  log: %s\n", message);
+}
+
+static tempest_node_options node_opts(void) {
+    return (tempest_node_options){.redis_url = g_redis.url,
+                                  .connect_timeout_ms = 1000,
+                                  .reconnect_min_ms = 20,
+                                  .reconnect_max_ms = 200,
+                                  .log = on_log};
+}
+
+static bool node_up(void *arg) {
+    return tempest_node_state(arg) == TEMPEST_NODE_UP;
+}
+
+static int group_setup(void **state) {
+    (void)state;
+    return tt_redis_start(&g_redis, NULL);
+}
+
+static int group_teardown(void **state) {
+    (void)state;
+    tt_redis_stop(&g_redis);
+    return 0;
+}
+
+static int setup(void **state) {
+    fx *f = calloc(1, sizeof *f);
+    if (f == NULL || tt_redis_int(&g_redis, "FLUSHALL") != 0 ||
+        (f->base = event_base_new()) == NULL) {
+        free(f);
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state) {
+    fx *f = *state;
+    if (f->tick)
+        event_free(f->tick);
+    if (f->rss_ev)
+        event_free(f->rss_ev);
+    tempest_worker_free(f->worker);
+    tempest_front_free(f->front);
+    tempest_node_free(f->wnode);
+    tempest_node_free(f->fnode);
+    tempest_node_free(f->pnode);
+    event_base_free(f->base);
+    free(f->answer);
+    free(f);
+    return 0;
+}
+
+static tempest_node *new_node(fx *f) {
+    tempest_error err = {0};
+    tempest_node_options no = node_opts();
+    tempest_node *n = tempest_node_new(f->base, &no, &err);
+    assert_non_null(n);
+    assert_true(tt_run_until(f->base, node_up, n, WAIT_MS));
+    return n;
+}
+
+static void start_front(fx *f, int timeout_ms) {
+    tempest_error err = {0};
+    f->fnode = new_node(f);
+    tempest_front_options fo = {.http = "127.0.0.1:0", .timeout_ms = timeout_ms};
+    f->front = tempest_front_new(f->fnode, &fo, &err);
+    assert_non_null(f->front);
+    f->port = tempest_front_port(f->front);
+}
+
+static void start_worker(fx *f, const char *action, tempest_handler_fn *fn) {
+    tempest_error err = {0};
+    f->wnode = new_node(f);
+    f->worker = tempest_worker_new(f->wnode, NULL, &err);
+    assert_non_null(f->worker);
+    assert_int_equal(tempest_worker_on(f->worker, action, fn, f), 0);
+    assert_int_equal(tempest_worker_start(f->worker), 0);
+}
+
+/* ---- the streaming handler ------------------------------------------ */
+
+static void pump(tempest_job *job, void *arg);
+
+static void on_cancel(tempest_job *job, void *arg) {
+    fx *f = arg;
+    (void)job;
+    f->cancels++;
+}
+
+/* Writes chunks until the window is full (then waits for the drain
+ * callback) or the stream is complete. */
+static void pump(tempest_job *job, void *arg) {
+    fx *f = arg;
+    for (;;) {
+        if (f->chunk_len == 0 && (f->total == 0 || f->sent < f->total)) {
+            unsigned long long left = f->total ? f->total - f->sent : CHUNK;
+            f->chunk_len = left < CHUNK ? (size_t)left : CHUNK;
+            fill(f->chunk, f->chunk_len, f->sent, f->mode);
+        }
+        bool last = f->total && f->sent + f->chunk_len >= f->total;
+        int rc = tempest_job_write(job, f->chunk, f->chunk_len, !last);
+        f->last_rc = rc;
+        if (rc == TEMPEST_EAGAIN) {
+            f->eagain++;
+            return;
+        }
+        if (rc != 0) {
+            f->write_error = rc != TEMPEST_ECANCELED;
+            return;
+        }
+        f->hash = fnv(f->hash, f->chunk, f->chunk_len);
+        f->sent += f->chunk_len;
+        f->chunk_len = 0;
+        if (last) {
+            f->finished = true;
+            f->job = NULL;
+            return;
+        }
+    }
+}
+
+static void on_drain(tempest_job *job, void *arg) {
+    fx *f = arg;
+    f->drains++;
+    pump(job, f);
+}
+
+static void h_stream(tempest_worker *w, tempest_job *job, void *arg) {
+    (void)w;
+    fx *f = arg;
+    json_t *head = json_pack("[i,{s:s},n]", 200, "Content-Type", "application/octet-stream");
+    assert_int_equal(tempest_job_answer(job, head, true), 0);
+    json_decref(head);
+    tempest_job_on_drain(job, on_drain, f);
+    tempest_job_on_cancel(job, on_cancel, f);
+    f->hash = FNV_INIT;
+    f->job = job;
+    pump(job, f);
+}
+
+static void on_rss(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    fx *f = arg;
+    long long r = rss_bytes();
+    if (r > f->rss_peak)
+        f->rss_peak = r;
+}
+
+static unsigned long long stream_size(void) {
+    const char *e = getenv("TEMPEST_STREAM_BYTES");
+    if (e && *e)
+        return strtoull(e, NULL, 10);
+    if (under_valgrind())
+        return 8ull << 20;
+    return UNDER_SANITIZER ? 64ull << 20 : 1ull << 30;
+}
+
+/* A worker streams a large body to a client that stalls for 1 s after the
+ * first MiB, then pauses 2 ms every 256 KiB: every byte arrives, in order,
+ * and the process RSS (front, its listener, the worker) stays bounded. */
+static void test_big_stream_backpressure(void **state) {
+    fx *f = *state;
+    f->total = stream_size();
+    f->mode = 0;
+    start_front(f, 5000);
+    start_worker(f, "url", h_stream);
+    struct timeval tv = {0, 20000};
+    f->rss_ev = event_new(f->base, -1, EV_PERSIST, on_rss, f);
+    event_add(f->rss_ev, &tv);
+    f->rss_base = f->rss_peak = rss_bytes();
+    client c = {0};
+    client_plan plan = {
+        .stall_after = 1 << 20, .stall_ms = 1000, .pause_every = 256 << 10, .pause_ms = 2};
+    long long t0 = tt_now_ms();
+    client_start(&c, f->port, "/big", &plan);
+    bool done = tt_run_until(f->base, client_finished, &c, 120000);
+    long long ms = tt_now_ms() - t0;
+    client_reap(&c);
+    assert_true(done);
+    long long growth = f->rss_peak - f->rss_base;
+    fprintf(stderr,
+            "stream: %llu bytes in %lld ms (%.1f MiB/s); %d refusals, %d drains; "
+            "RSS %lld MiB at start, peak growth %lld KiB (bound %lld MiB%s)\n",
+            c.r.bytes, ms, ms > 0 ? (double)c.r.bytes / (1 << 20) / (ms / 1000.0) : 0.0, f->eagain,
+            f->drains, f->rss_base >> 20, growth >> 10, STREAM_RSS_BOUND >> 20,
+            UNDER_SANITIZER || under_valgrind() ? ", not checked here" : "");
+    assert_int_equal(c.r.status, 200);
+    assert_true(f->finished);
+    assert_false(f->write_error);
+    assert_true(c.r.bytes == f->total);
+    assert_true(c.r.hash == f->hash);
+    assert_true(f->eagain > 0 && f->drains > 0); /* the worker was held back */
+    assert_int_equal(f->cancels, 0);
+    if (!UNDER_SANITIZER && !under_valgrind())
+        assert_true(growth < STREAM_RSS_BOUND);
+    assert_int_equal(tempest_front_pending(f->front), 0);
+}
+
+/* Every byte value, NULs included, goes through unchanged. */
+static void test_binary_bytes(void **state) {
+    fx *f = *state;
+    f->total = 256 * 5 + 17;
+    f->mode = 1;
+    start_front(f, 5000);
+    start_worker(f, "url", h_stream);
+    client c = {0};
+    client_plan plan = {.stall_after = (size_t)-1};
+    client_start(&c, f->port, "/bin", &plan);
+    bool done = tt_run_until(f->base, client_finished, &c, WAIT_MS);
+    client_reap(&c);
+    assert_true(done);
+    unsigned char all[256 * 5 + 17];
+    fill(all, sizeof all, 0, 1);
+    assert_int_equal(c.r.status, 200);
+    assert_true(c.r.bytes == sizeof all);
+    assert_true(c.r.hash == fnv(FNV_INIT, all, sizeof all));
+    assert_true(f->finished);
+}
+
+/* ---- cancellation --------------------------------------------------- */
+
+static bool cancelled(void *arg) {
+    return ((fx *)arg)->cancels > 0;
+}
+
+/* The HTTP client leaves mid-stream: the worker's cancel callback runs,
+ * the job is inactive, and further answers get TEMPEST_ECANCELED. */
+static void test_client_leaves_mid_stream(void **state) {
+    fx *f = *state;
+    f->total = 0; /* endless */
+    start_front(f, 5000);
+    start_worker(f, "url", h_stream);
+    client c = {0};
+    client_plan plan = {.stall_after = (size_t)-1, .quit_at = 3 << 20};
+    client_start(&c, f->port, "/endless", &plan);
+    assert_true(tt_run_until(f->base, client_finished, &c, WAIT_MS));
+    client_reap(&c);
+    assert_true(c.r.bytes >= 3u << 20);
+    assert_true(tt_run_until(f->base, cancelled, f, WAIT_MS));
+    assert_int_equal(f->cancels, 1);
+    assert_false(f->write_error);
+    /* The job is still in hand; answers are refused, the final one ends it. */
+    assert_int_equal(tempest_worker_in_hand(f->worker), 1);
+    assert_non_null(f->job);
+    assert_false(tempest_job_active(f->job));
+    assert_false(tempest_job_writable(f->job));
+    assert_int_equal(tempest_job_write(f->job, "x", 1, true), TEMPEST_ECANCELED);
+    json_t *a = json_pack("[n,n,s]", "late");
+    assert_int_equal(tempest_job_answer(f->job, a, true), TEMPEST_ECANCELED);
+    assert_int_equal(tempest_job_progress(f->job), TEMPEST_ECANCELED);
+    assert_int_equal(tempest_job_answer(f->job, a, false), TEMPEST_ECANCELED);
+    json_decref(a);
+    f->job = NULL;
+    assert_int_equal(tempest_worker_in_hand(f->worker), 0);
+    assert_int_equal(f->cancels, 1);
+}
+
+/* A handler that holds its job without answering (a long computation). */
+static void h_hold(tempest_worker *w, tempest_job *job, void *arg) {
+    (void)w;
+    fx *f = arg;
+    f->job = job;
+    tempest_job_on_cancel(job, on_cancel, f);
+}
+
+static void on_produced(tempest_node *node, long long id, int status, json_t *answer, void *arg) {
+    (void)node, (void)id;
+    fx *f = arg;
+    f->status = status;
+    free(f->answer);
+    f->answer = answer ? json_dumps(answer, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    f->answered_at = tt_now_ms();
+}
+
+static bool job_held(void *arg) {
+    fx *f = arg;
+    return f->job != NULL && tempest_node_subscriptions(f->wnode) > 0;
+}
+
+/* The producer cancels a job whose handler has sent nothing yet: the
+ * worker learns it at once through the producer's cancel channel. */
+static void test_producer_cancels(void **state) {
+    fx *f = *state;
+    f->pnode = new_node(f);
+    start_worker(f, "long", h_hold);
+    f->status = 99;
+    f->job_id = tempest_work(f->pnode, "tempest", "long", NULL, NULL, on_produced, f);
+    assert_true(f->job_id > 0);
+    assert_true(tt_run_until(f->base, job_held, f, WAIT_MS));
+    assert_true(tempest_job_active(f->job));
+    assert_int_equal(tempest_work_cancel(f->pnode, f->job_id), 0);
+    assert_true(tt_run_until(f->base, cancelled, f, WAIT_MS));
+    assert_false(tempest_job_active(f->job));
+    json_t *a = json_string("too late");
+    assert_int_equal(tempest_job_answer(f->job, a, true), TEMPEST_ECANCELED);
+    assert_int_equal(tempest_job_answer(f->job, a, false), TEMPEST_ECANCELED);
+    json_decref(a);
+    f->job = NULL;
+    assert_int_equal(tempest_worker_in_hand(f->worker), 0);
+    tt_run_for(f->base, 50);
+    assert_int_equal(f->status, 99); /* a cancelled job's callback never runs */
+}
+
+/* A partial answer that crosses the cancel is refused with -CANCELED as
+ * well as the channel telling: the callback runs once. */
+static void test_cancel_told_once(void **state) {
+    fx *f = *state;
+    f->pnode = new_node(f);
+    start_worker(f, "long", h_hold);
+    f->job_id = tempest_work(f->pnode, "tempest", "long", NULL, NULL, on_produced, f);
+    assert_true(tt_run_until(f->base, job_held, f, WAIT_MS));
+    assert_int_equal(tempest_work_cancel(f->pnode, f->job_id), 0);
+    json_t *a = json_string("partial");
+    assert_int_equal(tempest_job_answer(f->job, a, true), 0); /* may cross the cancel */
+    json_decref(a);
+    assert_true(tt_run_until(f->base, cancelled, f, WAIT_MS));
+    tt_run_for(f->base, 200);
+    assert_int_equal(f->cancels, 1); /* once, though told twice */
+    assert_int_equal(tempest_job_done(f->job), 0);
+    f->job = NULL;
+}
+
+/* ---- progress ------------------------------------------------------- */
+
+static void on_tick(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    fx *f = arg;
+    if (f->job == NULL)
+        return;
+    if (tt_now_ms() - f->answered_at >= 3000) { /* answered_at: when the job began */
+        json_t *a = json_string("done after 3 s");
+        assert_int_equal(tempest_job_answer(f->job, a, false), 0);
+        json_decref(a);
+        f->job = NULL;
+        f->answered_at = 0;
+        return;
+    }
+    if (tempest_job_progress(f->job) == 0)
+        f->progress_sent++;
+}
+
+static void h_slow(tempest_worker *w, tempest_job *job, void *arg) {
+    (void)w;
+    fx *f = arg;
+    f->job = job;
+    f->answered_at = tt_now_ms();
+    tempest_job_on_cancel(job, on_cancel, f);
+    struct timeval tv = {0, 200000};
+    f->tick = event_new(f->base, -1, EV_PERSIST, on_tick, f);
+    event_add(f->tick, &tv);
+}
+
+static bool produced(void *arg) {
+    return ((fx *)arg)->status != 99;
+}
+
+/* A 500 ms deadline, and a job that takes 3 s but reports every 200 ms:
+ * it is answered. */
+static void test_progress_keeps_alive(void **state) {
+    fx *f = *state;
+    f->pnode = new_node(f);
+    start_worker(f, "slow", h_slow);
+    f->status = 99;
+    long long t0 = tt_now_ms();
+    tempest_work_options wo = {.timeout_ms = 500};
+    f->job_id = tempest_work(f->pnode, "tempest", "slow", NULL, &wo, on_produced, f);
+    assert_true(f->job_id > 0);
+    assert_true(tt_run_until(f->base, produced, f, WAIT_MS));
+    assert_int_equal(f->status, 0);
+    assert_string_equal(f->answer, "\"done after 3 s\"");
+    assert_true(tt_now_ms() - t0 >= 3000);
+    assert_true(f->progress_sent >= 10);
+    assert_int_equal(f->cancels, 0);
+}
+
+/* The same job without reports times out at 500 ms, and the worker is
+ * told: its job turns inactive. */
+static void test_no_progress_times_out(void **state) {
+    fx *f = *state;
+    f->pnode = new_node(f);
+    start_worker(f, "long", h_hold);
+    f->status = 99;
+    long long t0 = tt_now_ms();
+    tempest_work_options wo = {.timeout_ms = 500};
+    f->job_id = tempest_work(f->pnode, "tempest", "long", NULL, &wo, on_produced, f);
+    assert_true(tt_run_until(f->base, produced, f, WAIT_MS));
+    assert_int_equal(f->status, TEMPEST_ETIMEDOUT);
+    long long waited = tt_now_ms() - t0;
+    assert_true(waited >= 450 && waited < 5000);
+    assert_true(tt_run_until(f->base, cancelled, f, WAIT_MS));
+    assert_false(tempest_job_active(f->job));
+    assert_int_equal(tempest_job_done(f->job), 0);
+    f->job = NULL;
+}
+
+int main(void) {
+    tt_require_redis();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_binary_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_big_stream_backpressure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_client_leaves_mid_stream, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_producer_cancels, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_told_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_progress_keeps_alive, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_progress_times_out, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
