@@ -5,6 +5,11 @@
  *
  *   front [--redis URL] [--http HOST:PORT] [--listen HOST:PORT] [--advertise HOST:PORT]
  *         [--queue NAME] [--timeout MS] [--cors ORIGIN] [--max-streams N]
+ *         [--sessions] [--cache]
+ *
+ * --sessions gives browsers a session cookie (the signing secret comes from
+ * $TEMPEST_SESSION_SECRET, at least 16 bytes); --cache serves answers that
+ * workers mark with `X-Tempest-Cache: <ms>` from Redis.
  *
  * It also streams pub/sub channels as Server-Sent Events at /sub/<channel>;
  * --cors sends `Access-Control-Allow-Origin: ORIGIN` with them (`'*'` lets
@@ -28,8 +33,8 @@ static void on_signal(evutil_socket_t sig, short what, void *base) {
 
 static void usage(void) {
     fprintf(stderr, "usage: front [--redis URL] [--http HOST:PORT] [--listen HOST:PORT]"
-                    " [--advertise HOST:PORT] [--queue NAME] [--timeout MS] [--cors ORIGIN] "
-                    "[--max-streams N]\n");
+                    " [--advertise HOST:PORT] [--queue NAME] [--timeout MS] [--cors ORIGIN]"
+                    " [--max-streams N] [--sessions] [--cache]\n");
     exit(2);
 }
 
@@ -39,6 +44,7 @@ static void parse(int argc, char **argv, tempest_node_options *no, tempest_front
         {"listen", required_argument, 0, 'l'}, {"advertise", required_argument, 0, 'a'},
         {"queue", required_argument, 0, 'q'},  {"timeout", required_argument, 0, 't'},
         {"cors", required_argument, 0, 'c'},   {"max-streams", required_argument, 0, 's'},
+        {"sessions", no_argument, 0, 'S'},     {"cache", no_argument, 0, 'C'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
         switch (c) {
@@ -67,6 +73,12 @@ static void parse(int argc, char **argv, tempest_node_options *no, tempest_front
         case 's':
             if ((fo->max_streams = atoi(optarg)) <= 0)
                 usage();
+            break;
+        case 'S':
+            fo->sessions = true; /* secret: $TEMPEST_SESSION_SECRET */
+            break;
+        case 'C':
+            fo->cache = true;
             break;
         default:
             usage();

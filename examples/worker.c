@@ -5,6 +5,9 @@
  * With --service NAME it is also a responder of that service: a request of
  * type `hello` gets `{"hello": <the request's body>, "from": "<host:port>"}`,
  * its node listener's advertised address (examples/call sends them).
+ * Two demos: `/visits` counts the visits of the browser's session (a front
+ * with --sessions), and `/cached` is marked cacheable for 5 s (a front
+ * with --cache serves it from Redis meanwhile).
  *
  *   worker [--redis URL] [--queue NAME] [--concurrency N]
  *          [--service NAME [--listen HOST:PORT] [--advertise HOST:PORT]]
@@ -15,12 +18,10 @@
 
 #include "common.h"
 
-static void hello(tempest_worker *worker, tempest_job *job, void *arg) {
-    (void)worker;
-    unsigned long *count = arg;
-    char body[64];
-    snprintf(body, sizeof body, "Hello world! #%lu\n", ++*count);
+static void answer_text(tempest_job *job, const char *cache_ms, const char *body) {
     json_t *answer = json_pack("[i,{s:s},s]", 200, "Content-Type", "text/plain", body);
+    if (cache_ms)
+        json_object_set_new(json_array_get(answer, 1), "X-Tempest-Cache", json_string(cache_ms));
     if (tempest_job_answer(job, answer, false) != 0)
         fprintf(stderr, "worker: could not answer job %lld\n", tempest_job_id(job));
     json_decref(answer);
@@ -35,6 +36,32 @@ static void hello_request(tempest_responder *r, tempest_request *req, void *arg)
     else
         tempest_request_reply(req, reply);
     json_decref(reply);
+}
+
+/* /visits: the session's counter, read then written back. */
+static void on_visits(tempest_job *job, int status, json_t *value, void *arg) {
+    (void)arg;
+    char body[64];
+    if (job == NULL)
+        return; /* the worker is going away */
+    json_int_t n = status == 0 ? json_integer_value(value) + 1 : 0;
+    json_t *v = json_integer(n);
+    tempest_session_set(job, "visits", v, NULL, NULL); /* not waited for */
+    json_decref(v);
+    snprintf(body, sizeof body, "visits: %" JSON_INTEGER_FORMAT "\n", n);
+    answer_text(job, NULL, status == 0 ? body : "no session\n");
+}
+
+static void hello(tempest_worker *worker, tempest_job *job, void *arg) {
+    (void)worker;
+    unsigned long *count = arg;
+    json_t *url = json_object_get(json_array_get(tempest_job_args(job), 0), "url");
+    const char *path = json_is_string(url) ? json_string_value(url) : "";
+    char body[64];
+    snprintf(body, sizeof body, "Hello world! #%lu\n", ++*count);
+    if (strcmp(path, "/visits") == 0 && tempest_session_get(job, "visits", on_visits, NULL) == 0)
+        return;
+    answer_text(job, strcmp(path, "/cached") == 0 ? "5000" : NULL, body);
 }
 
 static void usage(void) {

@@ -27,9 +27,11 @@
 #include <strings.h>
 #include <sys/socket.h>
 
+#include "cache.h"
 #include "guard.h"
 #include "node.h"
 #include "presence.h"
+#include "session.h"
 #include "sse.h"
 
 typedef struct front_req {
@@ -39,9 +41,11 @@ typedef struct front_req {
     struct evhttp_connection *evcon;
     struct event *peek; /* notices a client that leaves while we wait */
     long long job;
-    bool started;        /* a chunked response has begun */
-    tp_reply_slot *held; /* a worker's reply held back (backpressure) */
-    struct event *drain; /* checks the output while a reply is held */
+    bool started;             /* a chunked response has begun */
+    tp_reply_slot *held;      /* a worker's reply held back (backpressure) */
+    struct event *drain;      /* checks the output while a reply is held */
+    char sid[TP_SID_LEN + 1]; /* the request's session id, or "" */
+    tp_cache_lookup *lookup;  /* reading the cache, before the job */
 } front_req;
 
 /* Unsent HTTP output of one request past which the worker is held back,
@@ -62,9 +66,11 @@ struct tempest_front {
     tp_sse *sse;     /* GET /sub/<channel> */
     tp_guard *guard; /* header deadline (slow clients) */
     /* counters for the presence record */
-    uint64_t requests; /* HTTP requests received, streams included */
-    uint64_t errors;   /* answered 5xx by the front itself (502, 503, 504) */
-    bool joined;       /* in the node's presence */
+    uint64_t requests;     /* HTTP requests received, streams included */
+    uint64_t errors;       /* answered 5xx by the front itself (502, 503, 504) */
+    bool joined;           /* in the node's presence */
+    tp_sessions *sessions; /* NULL: off */
+    tp_cache *cache;       /* NULL: off */
 };
 
 /* ---- request bookkeeping --------------------------------------------- */
@@ -83,6 +89,7 @@ static void req_unlink(front_req *fr) {
     if (fr->next)
         fr->next->prev = fr->prev;
     f->pending--;
+    tp_cache_lookup_cancel(fr->lookup);
     evhttp_connection_set_closecb(fr->evcon, NULL, NULL);
     if (fr->peek)
         event_free(fr->peek);
@@ -197,7 +204,7 @@ static void reply_text(struct evhttp_request *req, int status, const char *text)
 
 static bool skipped_header(const char *name) {
     return strcasecmp(name, "content-length") == 0 || strcasecmp(name, "transfer-encoding") == 0 ||
-           strcasecmp(name, "connection") == 0;
+           strcasecmp(name, "connection") == 0 || tp_cache_is_marker(name);
 }
 
 static void add_header_value(struct evkeyvalq *h, const char *name, json_t *v) {
@@ -277,6 +284,8 @@ static bool apply_answer(front_req *fr, int status, json_t *answer) {
         evhttp_send_reply_end(fr->req);
         return false;
     }
+    if (tp_cache_final(fr->front->cache, fr->req, &a))
+        return false; /* 304 */
     struct evbuffer *body = evbuffer_new();
     if (body && a.body)
         evbuffer_add(body, a.body, a.body_len);
@@ -380,6 +389,11 @@ static int submit(tempest_front *f, front_req *fr, char *err, size_t errlen) {
     json_t *args = build_args(fr->req, err, errlen);
     if (args == NULL)
         return TEMPEST_EPROTO;
+    if (tp_sessions_annotate(f->sessions, json_array_get(args, 0), fr->sid) != 0) {
+        json_decref(args);
+        snprintf(err, errlen, "tempest: out of memory");
+        return TEMPEST_ENOMEM;
+    }
     tempest_work_options wo = {.timeout_ms = f->timeout_ms};
     long long id = tempest_work(f->node, f->queue, "url", args, &wo, on_answer, fr);
     json_decref(args);
@@ -390,6 +404,38 @@ static int submit(tempest_front *f, front_req *fr, char *err, size_t errlen) {
     fr->job = id;
     flow_on(f, id);
     return 0;
+}
+
+static void link_req(tempest_front *f, front_req *fr) {
+    fr->next = f->reqs;
+    if (f->reqs)
+        f->reqs->prev = fr;
+    f->reqs = fr;
+    f->pending++;
+    evhttp_connection_set_closecb(fr->evcon, on_client_close, fr);
+    if (watch_client(fr) != 0)
+        tp_log(&f->node->log, TEMPEST_LOG_WARN, "front: cannot watch a client connection");
+}
+
+/* The cache lookup's outcome: answer from the cache, or queue the job. */
+static void on_cached(json_t *answer, void *arg) {
+    front_req *fr = arg;
+    tempest_front *f = fr->front;
+    char err[256];
+    int rc = 0;
+    fr->lookup = NULL;
+    evhttp_connection_set_closecb(fr->evcon, NULL, NULL);
+    if (answer != NULL)
+        apply_answer(fr, 0, answer);
+    else if ((rc = submit(f, fr, err, sizeof err)) == 0) {
+        evhttp_connection_set_closecb(fr->evcon, on_client_close, fr);
+        return;
+    }
+    if (rc != 0) {
+        f->errors += rc != TEMPEST_EPROTO;
+        reply_text(fr->req, rc == TEMPEST_EPROTO ? 400 : 503, err);
+    }
+    req_unlink(fr);
 }
 
 static void on_request(struct evhttp_request *req, void *arg) {
@@ -411,6 +457,11 @@ static void on_request(struct evhttp_request *req, void *arg) {
         return;
     }
     *fr = (front_req){.front = f, .req = req, .evcon = evhttp_request_get_connection(req)};
+    tp_sessions_begin(f->sessions, f->node, req, fr->sid);
+    if ((fr->lookup = tp_cache_lookup_start(f->cache, req, on_cached, fr)) != NULL) {
+        link_req(f, fr);
+        return;
+    }
     int rc = submit(f, fr, err, sizeof err);
     if (rc != 0) {
         free(fr);
@@ -418,14 +469,7 @@ static void on_request(struct evhttp_request *req, void *arg) {
         reply_text(req, rc == TEMPEST_EPROTO ? 400 : 503, err);
         return;
     }
-    fr->next = f->reqs;
-    if (f->reqs)
-        f->reqs->prev = fr;
-    f->reqs = fr;
-    f->pending++;
-    evhttp_connection_set_closecb(fr->evcon, on_client_close, fr);
-    if (watch_client(fr) != 0)
-        tp_log(&f->node->log, TEMPEST_LOG_WARN, "front: cannot watch a client connection");
+    link_req(f, fr);
 }
 
 /* ---- life cycle ------------------------------------------------------ */
@@ -498,6 +542,9 @@ tempest_front_new(tempest_node *node, const tempest_front_options *options, temp
         goto nomem;
     if ((f->sse = tp_sse_new(node, o, err)) == NULL)
         goto fail;
+    if (tp_sessions_new(o, &f->sessions, err) != 0 ||
+        tp_cache_new(node, o, f->queue, &f->cache, err) != 0)
+        goto fail;
     if (bind_http(f, o->http ? o->http : "127.0.0.1:1337", err) != 0)
         goto fail;
     if (tp_node_ensure_listener(node) != 0) {
@@ -550,6 +597,8 @@ TEMPEST_API void tempest_front_free(tempest_front *f) {
     if (f->http)
         evhttp_free(f->http);
     tp_guard_free(f->guard); /* after evhttp_free: it holds the connections' bufferevents */
+    tp_sessions_free(f->sessions);
+    tp_cache_free(f->cache);
     free(f->queue);
     free(f);
 }

@@ -24,6 +24,7 @@
 #include "node.h"
 #include "presence.h"
 #include "scripts.h"
+#include "session.h"
 
 typedef struct handler {
     char *action;
@@ -120,7 +121,8 @@ struct tempest_worker {
     int recovering;                          /* processing lists being checked after a reconnect */
     bool was_up;                             /* the take connection was up before */
     struct event *signals[2];
-    struct take *take; /* the acks the take in flight carries, or NULL */
+    struct take *take;                 /* the acks the take in flight carries, or NULL */
+    struct tp_session_op *session_ops; /* session calls in flight (lib/session.c) */
     bool started, stopping, taking, last_empty, leaving, finished, flush_expired;
     int depth;
     bool freeing;
@@ -686,6 +688,7 @@ static int send_final(tempest_job *job, const char *payload, size_t len) {
 
 static void job_free(tempest_job *job) {
     tempest_worker *w = job->w;
+    tp_session_job_gone(&w->session_ops, job);
     if (job->prev)
         job->prev->next = job->next;
     else
@@ -1859,6 +1862,7 @@ static void free_events(tempest_worker *w) {
 
 static void destroy(tempest_worker *w) {
     tp_map_del(&w->node->workers, w->serial);
+    tp_session_cancel_all(&w->session_ops);
     if (w->joined)
         tp_presence_leave(w->node, w);
     if (w->queues)
@@ -1914,4 +1918,12 @@ TEMPEST_API long long tempest_job_id(const tempest_job *job) {
 
 TEMPEST_API int tempest_job_queue_index(const tempest_job *job) {
     return job ? job->queue : -1;
+}
+
+tempest_node *tp_job_node(const tempest_job *job) {
+    return job->w->node;
+}
+
+struct tp_session_op **tp_job_session_ops(tempest_job *job) {
+    return &job->w->session_ops;
 }

@@ -53,7 +53,7 @@
     "on >pw ~* resetchannels &tempest:cancel:* -@all +select +incr +rpush +blmove +evalsha "       \
     "+script|load +time "                                                                          \
     "+set +exists +del +sadd +srem +smembers +lrange +ltrim +lpush +lpop +lrem +llen +hincrby "    \
-    "+hdel +hset +hget +zadd +zrem +zrangebyscore +publish +subscribe +unsubscribe"
+    "+hdel +hset +hget +zadd +zrem +zrangebyscore +publish +subscribe +unsubscribe +pexpire +get"
 #endif
 
 /* ---- session level --------------------------------------------------------- */
@@ -675,6 +675,99 @@ static void front_round_trip(struct event_base *base, tempest_node *p, tempest_n
     tempest_front_free(front);
 }
 
+/* A session write and read, then an answer marked cacheable. */
+typedef struct sess_trip {
+    int jobs;
+    int status; /* of the last session call */
+} sess_trip;
+
+static void on_sess_get(tempest_job *job, int status, json_t *value, void *arg) {
+    sess_trip *t = arg;
+    t->status = status;
+    char body[64];
+    snprintf(body, sizeof body, "v=%lld", (long long)json_integer_value(value));
+    json_t *a = json_pack("[i,{s:s},s]", 200, "X-Tempest-Cache", "60000", body);
+    tempest_job_answer(job, a, false);
+    json_decref(a);
+}
+
+static void on_sess_set(tempest_job *job, int status, json_t *value, void *arg) {
+    (void)value;
+    sess_trip *t = arg;
+    t->status = status;
+    if (status != 0 || tempest_session_get(job, "n", on_sess_get, t) != 0)
+        tempest_job_fail(job, "session call failed", false);
+}
+
+static void on_sess_job(tempest_worker *w, tempest_job *job, void *arg) {
+    (void)w;
+    sess_trip *t = arg;
+    t->jobs++;
+    json_t *one = json_integer(1);
+    if (tempest_session_set(job, "n", one, on_sess_set, t) != 0)
+        tempest_job_fail(job, "session call failed", false);
+    json_decref(one);
+}
+
+static char g_cookie[200]; /* the session cookie's name=value, from Set-Cookie */
+
+static void on_sess_http(struct evhttp_request *req, void *arg) {
+    const char *sc =
+        req ? evhttp_find_header(evhttp_request_get_input_headers(req), "Set-Cookie") : NULL;
+    if (sc)
+        snprintf(g_cookie, sizeof g_cookie, "%.*s", (int)strcspn(sc, ";"), sc);
+    on_http(req, arg);
+}
+
+static void sess_get(struct event_base *base, int port, const char *cookie, http_result *h) {
+    struct evhttp_connection *conn =
+        evhttp_connection_base_new(base, NULL, "127.0.0.1", (ev_uint16_t)port);
+    assert_non_null(conn);
+    struct evhttp_request *req = evhttp_request_new(on_sess_http, h);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Host", "127.0.0.1");
+    if (cookie)
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Cookie", cookie);
+    assert_int_equal(evhttp_make_request(conn, req, EVHTTP_REQ_GET, "/s"), 0);
+    assert_true(tt_run_until(base, http_done, h, 5000));
+    evhttp_connection_free(conn);
+}
+
+/* Sessions (HSET, PEXPIRE, HGET) and the cache (GET, SET PX) under ACL:
+ * the second GET, with the session cookie, is served from the cache. */
+static void session_cache_trip(struct event_base *base, tempest_node *p, tempest_node *wn,
+                               const char *q) {
+    tempest_front_options fo = {.http = "127.0.0.1:0",
+                                .queue = q,
+                                .timeout_ms = 3000,
+                                .sessions = true,
+                                .session_secret = "a secret for the ACL test",
+                                .cache = true};
+    tempest_front *front = tempest_front_new(p, &fo, NULL);
+    assert_non_null(front);
+    sess_trip t = {0};
+    tempest_worker *w = tempest_worker_new(wn, &(tempest_worker_options){.queue = q}, NULL);
+    assert_non_null(w);
+    assert_int_equal(tempest_worker_on(w, "url", on_sess_job, &t), 0);
+    assert_int_equal(tempest_worker_start(w), 0);
+    http_result h1 = {0}, h2 = {0};
+    sess_get(base, tempest_front_port(front), NULL, &h1);
+    assert_int_equal(h1.status, 200);
+    assert_string_equal(h1.body, "v=1");
+    assert_int_equal(t.status, 0);
+    char cookie[200];
+    snprintf(cookie, sizeof cookie, "%s", g_cookie);
+    assert_int_equal(strncmp(cookie, "tempest_sid=", 12), 0);
+    g_cookie[0] = '\0';
+    sess_get(base, tempest_front_port(front), cookie, &h2); /* refreshes the TTL */
+    assert_int_equal(h2.status, 200);
+    assert_string_equal(h2.body, "v=1");
+    assert_int_equal(t.jobs, 1);
+    assert_string_equal(g_cookie, ""); /* the cookie was valid: kept */
+    tt_run_for(base, 100);             /* the refresh's reply */
+    tempest_worker_free(w);
+    tempest_front_free(front);
+}
+
 /* Handlers that walk the other paths of the reliable queue. */
 typedef struct paths {
     int flaky;         /* calls of "flaky": fails with retry once, then answers */
@@ -790,6 +883,7 @@ static void test_acl_user(void **state) {
     assert_int_equal(round_trip(f->base, p, wn, "acl1", 3000, &res), 0);
     assert_string_equal(res.answer, "[\"sum\",[2,3]]");
     front_round_trip(f->base, p, wn, "acl2");
+    session_cache_trip(f->base, p, wn, "acl5");
     /* A job nobody can decode goes to the dead letters: that path too. */
     tempest_worker_options wo = {.queue = "acl3", .dead_letter = "acl3:dead"};
     tempest_worker *w = tempest_worker_new(wn, &wo, NULL);

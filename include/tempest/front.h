@@ -52,6 +52,41 @@ typedef struct tempest_front_options {
      *  against clients that send a byte at a time (slow loris), which the
      *  idle io_timeout_ms never catches; 0: 10000. */
     int header_timeout_ms;
+    /** Sessions (README, "Sessions"): every request without a valid
+     *  session cookie gets a new random 128-bit id in a signed cookie
+     *  (`Set-Cookie: <session_cookie>=<id>.<signature>; Path=/; HttpOnly;
+     *  SameSite=Lax`), and every `url` job carries the id (`"session"`)
+     *  and the idle TTL (`"session_ttl"`, ms) in its request object. A
+     *  missing, forged or tampered cookie is ignored and a new session
+     *  issued. Each request with a valid cookie refreshes the TTL of the
+     *  Redis hash `session:<id>` (PEXPIRE). false: no cookie, no id. */
+    bool sessions;
+    /** Key of the cookie signatures (HMAC-SHA256), at least 16 bytes,
+     *  copied; NULL: `$TEMPEST_SESSION_SECRET`. With `sessions` and no
+     *  secret, tempest_front_new() fails with TEMPEST_EINVAL: a random
+     *  secret would silently log everyone out at each restart and differ
+     *  between fronts. Every front of one site needs the same secret. */
+    const char *session_secret;
+    /** Name of the session cookie (an HTTP token, copied); NULL:
+     *  "tempest_sid". */
+    const char *session_cookie;
+    /** Idle time-to-live of a session in Redis; 0: 86400000 (one day). */
+    int session_ttl_ms;
+    /** Adds `Secure` to the cookie (the site is served over HTTPS, e.g.
+     *  behind a TLS proxy). */
+    bool session_secure;
+    /** Cached answers (README, "Cached answers"): a worker marks a final
+     *  answer cacheable for N ms with the answer header `X-Tempest-Cache:
+     *  N`; the front then answers identical GET requests (same Host, URL,
+     *  and the request headers the answer names in `Vary`) from Redis,
+     *  without a job, for N ms, with an ETag and 304s for If-None-Match.
+     *  Off by default: it costs every GET one Redis read before its job
+     *  is queued. The marker header is never sent to clients, enabled or
+     *  not. */
+    bool cache;
+    /** Largest body of a cached answer (larger ones are sent, not
+     *  cached); 0: 256 KiB. */
+    size_t cache_max_entry;
 } tempest_front_options;
 
 /**

@@ -95,5 +95,6 @@ typedef void tempest_log_fn(int level, const char *message, void *arg);
 #include <tempest/front.h>
 #include <tempest/pubsub.h>
 #include <tempest/rpc.h>
+#include <tempest/session.h>
 
 #endif
