@@ -5,7 +5,11 @@
  * Prints jobs/s for the consume phase, from the first take to the last ack
  * confirmed by Redis (the processing lists are empty).
  *
- *   queue_bench --redis URL [--jobs N] [--workers W] [--concurrency C]
+ *   queue_bench --redis URL [--jobs N] [--workers W] [--concurrency C] [--queues Q]
+ *
+ * URL is redis://HOST:PORT or redis+cluster://HOST:PORT[,...]. With Q
+ * queues (bench0..), the jobs are spread evenly and worker i takes queue
+ * i % Q (so W >= Q); with Q = 1 the queue is "bench".
  */
 #include <event2/event.h>
 #include <getopt.h>
@@ -31,24 +35,50 @@ static double now(void) {
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* Pushes the jobs with a pipelined synchronous connection (setup, not measured). */
-static int fill(const char *host, int port, long jobs) {
+static void queue_name(char *out, size_t size, int queues, int i) {
+    if (queues == 1)
+        snprintf(out, size, "bench");
+    else
+        snprintf(out, size, "bench%d", i);
+}
+
+/* A connection to the server that holds `queue` (a cluster answers MOVED). */
+static redisContext *owner(const char *host, int port, const char *queue) {
     redisContext *c = redisConnect(host, port);
-    if (c == NULL || c->err)
-        return -1;
-    redisReply *r = redisCommand(c, "DEL bench");
-    freeReplyObject(r);
-    for (long i = 0; i < jobs; i++) {
-        char job[64];
-        snprintf(job, sizeof job, "[\"x\",[%ld],null,%ld]", i, i + 1);
-        redisAppendCommand(c, "RPUSH bench %s", job);
-    }
-    for (long i = 0; i < jobs; i++) {
-        if (redisGetReply(c, (void **)&r) != REDIS_OK)
-            return -1;
+    redisReply *r = c && !c->err ? redisCommand(c, "DEL %s", queue) : NULL;
+    char h[64];
+    int p;
+    if (r && r->type == REDIS_REPLY_ERROR && sscanf(r->str, "MOVED %*d %63[^:]:%d", h, &p) == 2) {
+        redisFree(c);
         freeReplyObject(r);
+        return owner(h, p, queue);
     }
-    redisFree(c);
+    freeReplyObject(r);
+    return c && !c->err ? c : NULL;
+}
+
+/* Pushes the jobs with pipelined synchronous connections (setup, not measured). */
+static int fill(const char *host, int port, long jobs, int queues) {
+    for (int q = 0; q < queues; q++) {
+        char name[32];
+        queue_name(name, sizeof name, queues, q);
+        redisContext *c = owner(host, port, name);
+        if (c == NULL)
+            return -1;
+        long n = 0;
+        for (long i = q; i < jobs; i += queues, n++) {
+            char job[64];
+            snprintf(job, sizeof job, "[\"x\",[%ld],null,%ld]", i, i + 1);
+            redisAppendCommand(c, "RPUSH %s %s", name, job);
+        }
+        for (long i = 0; i < n; i++) {
+            redisReply *r;
+            if (redisGetReply(c, (void **)&r) != REDIS_OK)
+                return -1;
+            freeReplyObject(r);
+        }
+        redisFree(c);
+    }
     return 0;
 }
 
@@ -61,12 +91,10 @@ static void tick(evutil_socket_t fd, short what, void *base) {
 int main(int argc, char **argv) {
     const char *url = NULL;
     long jobs = 200000;
-    int workers = 1, concurrency = 64;
-    static const struct option o[] = {{"redis", 1, 0, 'r'},
-                                      {"jobs", 1, 0, 'n'},
-                                      {"workers", 1, 0, 'w'},
-                                      {"concurrency", 1, 0, 'c'},
-                                      {0, 0, 0, 0}};
+    int workers = 1, concurrency = 64, queues = 1;
+    static const struct option o[] = {{"redis", 1, 0, 'r'},       {"queues", 1, 0, 'q'},
+                                      {"jobs", 1, 0, 'n'},        {"workers", 1, 0, 'w'},
+                                      {"concurrency", 1, 0, 'c'}, {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", o, NULL)) != -1;) {
         if (c == 'r')
             url = optarg;
@@ -76,20 +104,30 @@ int main(int argc, char **argv) {
             workers = atoi(optarg);
         else if (c == 'c')
             concurrency = atoi(optarg);
+        else if (c == 'q')
+            queues = atoi(optarg);
         else
             return 2;
     }
     char host[64];
     int port;
-    if (url == NULL || sscanf(url, "redis://%63[^:]:%d", host, &port) != 2 ||
-        fill(host, port, jobs))
-        return fprintf(stderr, "queue_bench: need --redis redis://HOST:PORT\n"), 1;
+    if (queues < 1 || workers < queues || workers > 64)
+        return fprintf(stderr, "queue_bench: need 1 <= queues <= workers <= 64\n"), 1;
+    if (url == NULL ||
+        (sscanf(url, "redis://%63[^:]:%d", host, &port) != 2 &&
+         sscanf(url, "redis+cluster://%63[^:]:%d", host, &port) != 2) ||
+        fill(host, port, jobs, queues))
+        return fprintf(stderr, "queue_bench: need --redis redis://HOST:PORT or "
+                               "redis+cluster://HOST:PORT[,...]\n"),
+               1;
     struct event_base *base = event_base_new();
     tempest_node *node = tempest_node_new(base, &(tempest_node_options){.redis_url = url}, NULL);
     tempest_worker *ws[64];
     for (int i = 0; i < workers && i < 64; i++) {
+        char name[32];
+        queue_name(name, sizeof name, queues, i % queues);
         ws[i] = tempest_worker_new(
-            node, &(tempest_worker_options){.queue = "bench", .concurrency = concurrency}, NULL);
+            node, &(tempest_worker_options){.queue = name, .concurrency = concurrency}, NULL);
         tempest_worker_on(ws[i], "x", done, NULL);
     }
     struct event *t = event_new(base, -1, EV_PERSIST, tick, base);
@@ -106,8 +144,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < workers; i++)
         tempest_worker_loop(ws[i]); /* returns once its acks are confirmed */
     double secs = now() - t0;
-    printf("jobs=%ld workers=%d concurrency=%d seconds=%.3f jobs_per_s=%.0f\n", jobs, workers,
-           concurrency, secs, jobs / secs);
+    printf("jobs=%ld workers=%d queues=%d concurrency=%d seconds=%.3f jobs_per_s=%.0f\n", jobs,
+           workers, queues, concurrency, secs, jobs / secs);
     for (int i = 0; i < workers; i++)
         tempest_worker_free(ws[i]);
     event_free(t);

@@ -1030,33 +1030,63 @@ static int parse_unix(const char *s, tp_redis_url *out, char *err, size_t errlen
                     errlen);
 }
 
-/* The comma-separated `host[:port]` list of sentinels in [s, end). */
-static int parse_sentinels(const char *s, const char *end, tp_redis_url *out, char *err,
-                           size_t errlen) {
-    static const hostport_rules rules = {
-        .ctx = "Redis URL", .default_port = SENTINEL_DEFAULT_PORT, .min_port = 1};
+/* The comma-separated `host[:port]` list in [s, end) into *list (sentinels
+ * or cluster seeds, `what` in the error text). */
+static int parse_hosts(const char *s, const char *end, int default_port, const char *what,
+                       tp_redis_sentinel **list, int *count, char *err, size_t errlen) {
+    const hostport_rules rules = {.ctx = "Redis URL", .default_port = default_port, .min_port = 1};
     size_t n = 1;
     int rc;
 
     for (const char *p = s; p < end; p++)
         n += *p == ',';
     if (n > TP_MAX_SENTINELS)
-        return seterr(err, errlen, TEMPEST_EADDR, "Redis URL: more than %d sentinels",
-                      TP_MAX_SENTINELS);
-    out->sentinels = tp_calloc(n, sizeof *out->sentinels);
-    if (out->sentinels == NULL)
+        return seterr(err, errlen, TEMPEST_EADDR, "Redis URL: more than %d %s", TP_MAX_SENTINELS,
+                      what);
+    *list = tp_calloc(n, sizeof **list);
+    if (*list == NULL)
         return seterr(err, errlen, TEMPEST_ENOMEM, "Redis URL: out of memory");
     for (;;) {
         const char *comma = memchr(s, ',', (size_t)(end - s));
-        tp_redis_sentinel *sn = &out->sentinels[out->nsentinels];
+        tp_redis_sentinel *sn = &(*list)[*count];
         rc = parse_host_port(s, comma ? comma : end, &rules, &sn->host, &sn->port, err, errlen);
         if (rc != 0)
             return rc;
-        out->nsentinels++;
+        (*count)++;
         if (comma == NULL)
             return 0;
         s = comma + 1;
     }
+}
+
+static int parse_sentinels(const char *s, const char *end, tp_redis_url *out, char *err,
+                           size_t errlen) {
+    return parse_hosts(s, end, SENTINEL_DEFAULT_PORT, "sentinels", &out->sentinels,
+                       &out->nsentinels, err, errlen);
+}
+
+/* `[[user]:password@]host[:port][,host[:port]...][/0]`: seeds of a cluster. */
+static int parse_cluster(const char *s, tp_redis_url *out, char *err, size_t errlen) {
+    const char *end = s + strcspn(s, "/?#"), *hosts = s;
+    int rc;
+
+    for (const char *p = s; p < end; p++) {
+        if (*p == '@')
+            hosts = p + 1;
+    }
+    if (hosts > s) {
+        rc = parse_userinfo(s, hosts - 1, out, err, errlen);
+        if (rc != 0)
+            return rc;
+    }
+    rc = parse_hosts(hosts, end, REDIS_DEFAULT_PORT, "cluster seeds", &out->seeds, &out->nseeds,
+                     err, errlen);
+    if (rc != 0)
+        return rc;
+    rc = parse_db(end, end + strlen(end), "/", "cluster seeds", out, err, errlen);
+    if (rc == 0 && out->db != 0)
+        return seterr(err, errlen, TEMPEST_EADDR, "Redis URL: a cluster has only database 0");
+    return rc;
 }
 
 /* The optional `?sentinel_password=P` at `s` (the end of the URL). */
@@ -1131,12 +1161,13 @@ static int unknown_scheme(const char *url, char *err, size_t errlen) {
         n++;
     if (n > 0 && n < 16 && strncmp(url + n, "://", 3) == 0)
         return seterr(err, errlen, TEMPEST_EADDR,
-                      "Redis URL: unknown scheme \"%.*s\" (expected redis://, unix:// or "
-                      "redis+sentinel://)",
+                      "Redis URL: unknown scheme \"%.*s\" (expected redis://, unix://, "
+                      "redis+sentinel:// or redis+cluster://)",
                       (int)n, url);
     return seterr(err, errlen, TEMPEST_EADDR,
                   "Redis URL: expected redis://[[user]:password@]host[:port][/db], "
-                  "unix:///path[?db=N] or redis+sentinel://host[:port][,...]/master[/db]");
+                  "unix:///path[?db=N], redis+sentinel://host[:port][,...]/master[/db] or "
+                  "redis+cluster://host[:port][,...]");
 }
 
 int tp_redis_url_parse(const char *url, tp_redis_url *out, char *err, size_t errlen) {
@@ -1151,6 +1182,8 @@ int tp_redis_url_parse(const char *url, tp_redis_url *out, char *err, size_t err
         rc = parse_tcp(url + strlen("redis://"), out, err, errlen);
     else if (has_prefix_ci(url, "redis+sentinel://"))
         rc = parse_sentinel(url + strlen("redis+sentinel://"), out, err, errlen);
+    else if (has_prefix_ci(url, "redis+cluster://"))
+        rc = parse_cluster(url + strlen("redis+cluster://"), out, err, errlen);
     else if (has_prefix_ci(url, "unix://"))
         rc = parse_unix(url + strlen("unix://"), out, err, errlen);
     else if (has_prefix_ci(url, "rediss://"))
@@ -1172,6 +1205,9 @@ void tp_redis_url_clear(tp_redis_url *url) {
     for (int i = 0; i < url->nsentinels; i++)
         free(url->sentinels[i].host);
     free(url->sentinels);
+    for (int i = 0; i < url->nseeds; i++)
+        free(url->seeds[i].host);
+    free(url->seeds);
     free(url->master);
     free(url->sentinel_password);
     memset(url, 0, sizeof *url);

@@ -123,6 +123,9 @@ typedef struct tp_redis_url {
     int nsentinels;               /**< 0 unless redis+sentinel:// */
     char *master;                 /**< master name for the sentinels, or NULL */
     char *sentinel_password;      /**< AUTH for the sentinels, or NULL */
+    tp_redis_sentinel *seeds;     /**< redis+cluster:// seed nodes (malloc'd), or NULL */
+    int nseeds;                   /**< 0 unless redis+cluster:// */
+    bool cluster_node; /**< a master's connection in cluster mode (no SELECT); never parsed */
 } tp_redis_url;
 
 /**
@@ -130,7 +133,9 @@ typedef struct tp_redis_url {
  * literal in brackets; user and password are percent-decoded),
  * `unix:///path[?db=N]`, or
  * `redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db][?sentinel_password=P]`
- * (sentinel port default 26379; user and password are the master's). Returns
+ * (sentinel port default 26379; user and password are the master's), or
+ * `redis+cluster://[[user]:password@]host[:port][,host[:port]...][/0]` (seed
+ * nodes of a Redis Cluster, tried in turn; port default 6379). Returns
  * 0, TEMPEST_EADDR with `err` set, or TEMPEST_ENOMEM. `out` is zeroed on
  * failure.
  */

@@ -148,6 +148,34 @@ static void withdraw(tempest_node *node) {
     p->listed = false;
 }
 
+/* Redis Cluster: the records of the expired ids the presence script returned. */
+static void on_expired(redisAsyncContext *ac, void *reply, void *privdata) {
+    tp_redis *r = tp_redis_from(ac);
+    redisReply *rep = reply;
+    if (r == NULL || rep == NULL || rep->type != REDIS_REPLY_ARRAY) {
+        tp_node_log_reply(ac, reply, privdata);
+        return;
+    }
+    tempest_node *node = tp_redis_owner(r);
+    for (size_t i = 0; node->presence && i < rep->elements; i++)
+        if (rep->element[i]->type == REDIS_REPLY_STRING)
+            tp_redis_cmd(r, tp_node_log_reply, (void *)"presence", "HDEL %s %s",
+                         node->presence->records, rep->element[i]->str);
+}
+
+/* In Redis Cluster mode the two keys live in different slots: the script
+ * runs on the zset alone and the record is written beside it. */
+static int send_record_cluster(tempest_node *node, const char *id, const char *ttl,
+                               const char *text) {
+    const char *argv[] = {node->presence->nodes, id, ttl, text};
+    int rc = tp_redis_script(node->redis, on_expired, (void *)"presence", TP_SCRIPT_PRESENCE, 1, 4,
+                             argv, NULL);
+    if (rc == 0)
+        rc = tp_redis_cmd(node->redis, tp_node_log_reply, (void *)"presence", "HSET %s %s %s",
+                          node->presence->records, id, text);
+    return rc;
+}
+
 static void send_record(tempest_node *node) {
     json_t *rec = build_record(node);
     char *text = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
@@ -160,8 +188,9 @@ static void send_record(tempest_node *node) {
     snprintf(id, sizeof id, "%lld", node->id);
     snprintf(ttl, sizeof ttl, "%d", node->presence_ttl_ms);
     const char *argv[] = {node->presence->nodes, node->presence->records, id, ttl, text};
-    if (tp_redis_script(node->redis, tp_node_log_reply, (void *)"presence", TP_SCRIPT_PRESENCE, 2,
-                        5, argv, NULL) == 0)
+    if (node->url.nseeds > 0 ? send_record_cluster(node, id, ttl, text) == 0
+                             : tp_redis_script(node->redis, tp_node_log_reply, (void *)"presence",
+                                               TP_SCRIPT_PRESENCE, 2, 5, argv, NULL) == 0)
         node->presence->listed = true;
     free(text);
 }
@@ -341,6 +370,10 @@ TEMPEST_API int tempest_cluster_status(tempest_node *node, const char *ns, tempe
         return TEMPEST_EINVAL;
     if (tp_redis_state(node->redis) != TEMPEST_NODE_UP)
         return TEMPEST_EDOWN;
+    if (node->url.nseeds > 0) { /* the script reads keys of many slots */
+        tp_node_errorf(node, "status: not available in Redis Cluster mode");
+        return TEMPEST_ESTATE;
+    }
     tp_presence *p = presence_of(node);
     status_req *q = p ? tp_calloc(1, sizeof *q) : NULL;
     if (q == NULL)

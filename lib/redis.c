@@ -28,6 +28,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "cluster.h"
 #include "redis.h"
 #include "scripts.h"
 
@@ -61,6 +62,7 @@ struct tp_redis {
     int reloads_left;                       /* SCRIPT LOAD replies awaited after one */
     redisReplyObjectFunctions fns;          /* hiredis's, createString wrapped */
     redisReplyObjectFunctions *hiredis_fns; /* what the reader had */
+    tp_cluster *cluster;                    /* redis+cluster://: this is a facade (lib/cluster.c) */
 };
 
 static void start_connect(tp_redis *r);
@@ -295,9 +297,12 @@ static void send_handshake(tp_redis *r) {
         redisAsyncCommand(r->ac, on_handshake, NULL, "AUTH %s", r->url.password);
         r->handshake_left++;
     }
-    /* SELECT even for db 0: its reply also proves the link is usable. */
-    redisAsyncCommand(r->ac, on_handshake, NULL, "SELECT %s", db);
-    r->handshake_left++;
+    /* SELECT even for db 0: its reply also proves the link is usable.
+     * Cluster nodes have only db 0 (and SCRIPT LOAD's replies prove it). */
+    if (!r->url.cluster_node) {
+        redisAsyncCommand(r->ac, on_handshake, NULL, "SELECT %s", db);
+        r->handshake_left++;
+    }
     for (intptr_t i = 0; i < TP_SCRIPT_COUNT; i++) {
         redisAsyncCommand(r->ac, on_handshake, (void *)(i + 1), "SCRIPT LOAD %s", tp_scripts[i]);
         r->handshake_left++;
@@ -574,28 +579,31 @@ static bool dup_into(char **dst, const char *src) {
     return src == NULL || *dst != NULL;
 }
 
+/* A copy of the `n` hosts at `src` into *dst (NULL when n is 0). */
+static int copy_hosts(tp_redis_sentinel **dst, int *ndst, const tp_redis_sentinel *src, int n) {
+    if (n > 0 && (*dst = tp_calloc((size_t)n, sizeof **dst)) == NULL)
+        return TEMPEST_ENOMEM;
+    for (; *ndst < n; (*ndst)++) {
+        (*dst)[*ndst].port = src[*ndst].port;
+        if (!dup_into(&(*dst)[*ndst].host, src[*ndst].host))
+            return TEMPEST_ENOMEM;
+    }
+    return 0;
+}
+
 static int copy_url(tp_redis_url *dst, const tp_redis_url *src) {
     *dst = *src;
-    dst->sentinels = NULL;
-    dst->nsentinels = 0;
+    dst->sentinels = dst->seeds = NULL;
+    dst->nsentinels = dst->nseeds = 0;
     bool ok = dup_into(&dst->host, src->host) & dup_into(&dst->path, src->path) &
               dup_into(&dst->user, src->user) & dup_into(&dst->password, src->password) &
               dup_into(&dst->master, src->master) &
               dup_into(&dst->sentinel_password, src->sentinel_password);
     if (!ok)
         return TEMPEST_ENOMEM;
-    if (src->nsentinels > 0) {
-        dst->sentinels = tp_calloc((size_t)src->nsentinels, sizeof *dst->sentinels);
-        if (dst->sentinels == NULL)
-            return TEMPEST_ENOMEM;
-    }
-    for (; dst->nsentinels < src->nsentinels; dst->nsentinels++) {
-        int i = dst->nsentinels;
-        dst->sentinels[i].port = src->sentinels[i].port;
-        if (!dup_into(&dst->sentinels[i].host, src->sentinels[i].host))
-            return TEMPEST_ENOMEM;
-    }
-    return 0;
+    if (copy_hosts(&dst->sentinels, &dst->nsentinels, src->sentinels, src->nsentinels) != 0)
+        return TEMPEST_ENOMEM;
+    return copy_hosts(&dst->seeds, &dst->nseeds, src->seeds, src->nseeds);
 }
 
 tp_redis *tp_redis_new(struct event_base *base, const tp_redis_url *url,
@@ -623,6 +631,11 @@ tp_redis *tp_redis_new(struct event_base *base, const tp_redis_url *url,
     if (r->timer == NULL || r->demoted == NULL || r->noscript == NULL ||
         copy_url(&r->url, url) != 0)
         goto fail;
+    if (url->nseeds > 0) { /* a facade: lib/cluster.c connects */
+        if ((r->cluster = tp_cluster_new(r, base, url, &r->timing, log)) == NULL)
+            goto fail;
+        return r;
+    }
     start_connect(r);
     return r;
 fail:
@@ -633,6 +646,7 @@ fail:
 void tp_redis_free(tp_redis *r) {
     if (r == NULL)
         return;
+    tp_cluster_free(r->cluster);
     release(r, true);
     if (r->timer)
         event_free(r->timer);
@@ -647,6 +661,8 @@ void tp_redis_free(tp_redis *r) {
 
 void tp_redis_flush(tp_redis *r) {
     int done = 0;
+    if (r != NULL && r->cluster != NULL)
+        tp_cluster_flush(r->cluster);
     if (r != NULL && r->ac != NULL && r->state == TEMPEST_NODE_UP)
         redisBufferWrite(&r->ac->c, &done);
 }
@@ -696,8 +712,13 @@ static char *format_argv(char *buf, size_t size, int argc, const char **argv, co
     return cmd;
 }
 
+static int cluster_argv(tp_redis *r, redisCallbackFn *fn, void *privdata, int argc,
+                        const char **argv, const size_t *argvlen);
+
 int tp_redis_argv(tp_redis *r, redisCallbackFn *fn, void *privdata, int argc, const char **argv,
                   const size_t *argvlen) {
+    if (r->cluster)
+        return cluster_argv(r, fn, privdata, argc, argv, argvlen);
     if (r->state != TEMPEST_NODE_UP || r->ac == NULL)
         return TEMPEST_EDOWN;
     char buf[4096];
@@ -712,6 +733,15 @@ int tp_redis_argv(tp_redis *r, redisCallbackFn *fn, void *privdata, int argc, co
 }
 
 int tp_redis_cmd(tp_redis *r, redisCallbackFn *fn, void *privdata, const char *fmt, ...) {
+    if (r->cluster && r->state == TEMPEST_NODE_UP) {
+        char *cmd = NULL;
+        va_list ap;
+        va_start(ap, fmt);
+        int len = redisvFormatCommand(&cmd, fmt, ap);
+        va_end(ap);
+        return len < 0 ? TEMPEST_ENOMEM
+                       : tp_cluster_send(r->cluster, fn, privdata, cmd, (size_t)len);
+    }
     if (r->state != TEMPEST_NODE_UP || r->ac == NULL)
         return TEMPEST_EDOWN;
     va_list ap;
@@ -719,6 +749,36 @@ int tp_redis_cmd(tp_redis *r, redisCallbackFn *fn, void *privdata, const char *f
     int rc = redisvAsyncCommand(r->ac, fn, privdata, fmt, ap);
     va_end(ap);
     return rc == REDIS_OK ? 0 : TEMPEST_EDOWN;
+}
+
+/* ---- hooks of cluster mode (lib/cluster.c) --------------------------- */
+
+static int cluster_argv(tp_redis *r, redisCallbackFn *fn, void *privdata, int argc,
+                        const char **argv, const size_t *argvlen) {
+    if (r->state != TEMPEST_NODE_UP)
+        return TEMPEST_EDOWN;
+    size_t len;
+    char *cmd = format_argv(NULL, 0, argc, argv, argvlen, &len);
+    if (cmd == NULL)
+        return TEMPEST_ENOMEM;
+    return tp_cluster_send(r->cluster, fn, privdata, cmd, len);
+}
+
+void tp_redis_set_state(tp_redis *r, int state, const char *reason) {
+    snprintf(r->errstr, sizeof r->errstr, "%s", reason ? reason : "");
+    set_state(r, state, reason);
+}
+
+void tp_redis_copy_shas(tp_redis *dst, const tp_redis *src) {
+    memcpy(dst->shas, src->shas, sizeof dst->shas);
+}
+
+int tp_redis_formatted(tp_redis *r, redisCallbackFn *fn, void *privdata, const char *cmd,
+                       size_t len) {
+    if (r == NULL || r->state != TEMPEST_NODE_UP || r->ac == NULL)
+        return TEMPEST_EDOWN;
+    return redisAsyncFormattedCommand(r->ac, fn, privdata, cmd, len) == REDIS_OK ? 0
+                                                                                 : TEMPEST_EDOWN;
 }
 
 redisAsyncContext *tp_redis_connect_raw(struct event_base *base, const char *host, int port,

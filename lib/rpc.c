@@ -49,7 +49,8 @@ static const struct timeval zero_tv = {0, 0}; /* a timer for the next turn of th
 
 /* ---- registry scripts ------------------------------------------------ */
 
-/* KEYS: registry, events channel. ARGV: address, ttl ms, join message.
+/* KEYS: registry. ARGV: address, ttl ms, join message, events channel (not
+ * a key: in Redis Cluster it lives in no slot, and PUBLISH reaches every node).
  * Announces the address when it was absent or expired. */
 static const char register_lua[] =
     "local t = redis.call('TIME')\n"
@@ -59,14 +60,14 @@ static const char register_lua[] =
     "redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])\n"
     "if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end\n"
     "if not old or tonumber(old) <= now then\n"
-    "  redis.call('PUBLISH', KEYS[2], ARGV[3])\n"
+    "  redis.call('PUBLISH', ARGV[4], ARGV[3])\n"
     "  return 1\n"
     "end\n"
     "return 0\n";
 
-/* KEYS: registry, events channel. ARGV: address, leave message. */
+/* KEYS: registry. ARGV: address, leave message, events channel. */
 static const char withdraw_lua[] = "if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then\n"
-                                   "  redis.call('PUBLISH', KEYS[2], ARGV[2])\n"
+                                   "  redis.call('PUBLISH', ARGV[3], ARGV[2])\n"
                                    "  return 1\n"
                                    "end\n"
                                    "return 0\n";
@@ -367,8 +368,8 @@ void tp_rpc_command(tempest_node *node, int argc, const char **argv, const size_
 static void send_register(tempest_responder *r) {
     char ttl[16];
     snprintf(ttl, sizeof ttl, "%d", r->ttl_ms);
-    const char *argv[] = {"EVAL",     register_lua,     "2", r->key,
-                          r->channel, r->node->address, ttl, r->join_msg};
+    const char *argv[] = {"EVAL",           register_lua, "1",         r->key,
+                          r->node->address, ttl,          r->join_msg, r->channel};
     if (tp_redis_argv(r->node->redis, tp_node_log_reply, (void *)"service registry", 8, argv,
                       NULL) != 0)
         tp_log(&r->node->log, TEMPEST_LOG_DEBUG, "responder %s: redis down, not advertised",
@@ -376,8 +377,8 @@ static void send_register(tempest_responder *r) {
 }
 
 static void send_withdraw(tempest_responder *r) {
-    const char *argv[] = {"EVAL",     withdraw_lua,     "2",         r->key,
-                          r->channel, r->node->address, r->leave_msg};
+    const char *argv[] = {"EVAL",           withdraw_lua, "1",       r->key,
+                          r->node->address, r->leave_msg, r->channel};
     (void)tp_redis_argv(r->node->redis, tp_node_log_reply, (void *)"service registry", 7, argv,
                         NULL);
 }

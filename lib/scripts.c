@@ -183,15 +183,19 @@ static const char publish[] = "-- tempest:publish\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
 /* KEYS: nodes (zset id -> expiry), records (hash id -> JSON). ARGV: node id,
- * ttl ms, record. Drops up to 100 expired nodes on the way. */
+ * ttl ms, record. Drops up to 100 expired nodes on the way; returns how many.
+ * With only the nodes key (Redis Cluster: the two keys live in different
+ * slots), it leaves the records hash alone and returns the expired ids,
+ * for the caller to HDEL, then HSET its record, on the records' master. */
 static const char presence[] =
     "-- tempest:presence\n" NOW_MS
     "local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 100)\n"
     "for _, id in ipairs(gone) do\n"
     "  redis.call('ZREM', KEYS[1], id)\n"
-    "  redis.call('HDEL', KEYS[2], id)\n"
+    "  if KEYS[2] then redis.call('HDEL', KEYS[2], id) end\n"
     "end\n"
     "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])\n"
+    "if not KEYS[2] then return gone end\n"
     "redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n"
     "return #gone\n";
 

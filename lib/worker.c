@@ -21,6 +21,7 @@
 #include <sys/random.h>
 #include <stdint.h>
 
+#include "cluster.h"
 #include "node.h"
 #include "presence.h"
 #include "scripts.h"
@@ -123,6 +124,7 @@ struct tempest_worker {
     struct event *signals[2];
     struct take *take;                 /* the acks the take in flight carries, or NULL */
     struct tp_session_op *session_ops; /* session calls in flight (lib/session.c) */
+    int next_queue; /* Redis Cluster, several queues: the queue of the next take */
     bool started, stopping, taking, last_empty, leaving, finished, flush_expired;
     int depth;
     bool freeing;
@@ -131,6 +133,13 @@ struct tempest_worker {
 static void maybe_take(tempest_worker *w);
 static void destroy(tempest_worker *w);
 static void job_cancel(tempest_job *job, const char *why);
+
+/* In Redis Cluster mode the queues of a worker may live on different
+ * masters, so scripts go queue by queue: a take moves jobs from one queue
+ * (next_queue, in priority order), heartbeats and leaves are per queue. */
+static bool per_queue(const tempest_worker *w) {
+    return w->nqueues > 1 && w->node->url.nseeds > 0;
+}
 static void check_finished(tempest_worker *w);
 static void signals_set(tempest_worker *w, bool on);
 
@@ -386,10 +395,10 @@ static void on_left(redisAsyncContext *ac, void *reply, void *privdata) {
 
 /* Removes the worker's presence; the registry keeps it while jobs remain
  * in its processing lists (the reaper requeues them). */
-static int send_leave(tempest_worker *w, redisCallbackFn *fn) {
+static int send_leave_of(tempest_worker *w, redisCallbackFn *fn, int first, int count) {
     const char *argv[3 * 15 + 1];
     int n = 0;
-    for (int i = 0; i < w->nqueues; i++) {
+    for (int i = first; i < first + count; i++) {
         argv[n++] = w->queues[i].alive;
         argv[n++] = w->queues[i].workers;
         argv[n++] = w->queues[i].processing;
@@ -397,6 +406,15 @@ static int send_leave(tempest_worker *w, redisCallbackFn *fn) {
     argv[n] = w->wid;
     return tp_redis_script(w->node->redis, fn, (void *)(intptr_t)w->serial, TP_SCRIPT_LEAVE, n,
                            n + 1, argv, NULL);
+}
+
+/* The last queue's reply tells `fn`. */
+static int send_leave(tempest_worker *w, redisCallbackFn *fn) {
+    if (!per_queue(w))
+        return send_leave_of(w, fn, 0, w->nqueues);
+    for (int i = 0; i < w->nqueues - 1; i++)
+        send_leave_of(w, NULL, i, 1);
+    return send_leave_of(w, fn, w->nqueues - 1, 1);
 }
 
 static void check_finished(tempest_worker *w) {
@@ -1286,24 +1304,29 @@ static void on_moved(redisAsyncContext *ac, void *reply, void *privdata) {
 }
 
 static void on_batch(redisAsyncContext *ac, void *reply, void *privdata) {
-    int room = (int)(intptr_t)privdata;
+    int room = (int)((intptr_t)privdata >> 4), first = (int)((intptr_t)privdata & 15);
     redisReply *rep = reply;
     tempest_worker *w = take_reply(ac, rep, "take");
     if (w == NULL)
         return;
     size_t nq = rep->type == REDIS_REPLY_ARRAY ? rep->elements : 0, n = 0;
-    if (nq > (size_t)w->nqueues)
-        nq = (size_t)w->nqueues;
+    if (nq > (size_t)(w->nqueues - first))
+        nq = (size_t)(w->nqueues - first);
     for (size_t qi = 0; qi < nq; qi++)
         n += rep->element[qi]->type == REDIS_REPLY_ARRAY ? rep->element[qi]->elements : 0;
     w->last_empty = n < (size_t)room;
+    if (per_queue(w)) { /* a short take moves on to the next queue; a full one starts over */
+        w->next_queue = w->last_empty ? (first + 1) % w->nqueues : 0;
+        w->last_empty = w->last_empty && w->next_queue == 0;
+    }
     if (n > 0)
         w->block_now_ms = block_min(w);
     for (size_t qi = 0; qi < nq; qi++) {
         redisReply *jobs = rep->element[qi];
         for (size_t i = 0; jobs->type == REDIS_REPLY_ARRAY && i < jobs->elements; i++) {
             redisReply *job = jobs->element[i];
-            if (job->type == REDIS_REPLY_STRING && handle_raw(w, (int)qi, job->str, job->len))
+            if (job->type == REDIS_REPLY_STRING &&
+                handle_raw(w, first + (int)qi, job->str, job->len))
                 return;
         }
     }
@@ -1329,12 +1352,12 @@ static const char *presence_info(tempest_worker *w) {
     return w->info ? w->info : "{}";
 }
 
-static void send_heartbeat(tempest_worker *w) {
+static void send_heartbeat_of(tempest_worker *w, int first, int count) {
     const char *argv[2 * 15 + 3];
     char ttl[16];
     int n = 0;
     snprintf(ttl, sizeof ttl, "%d", w->ttl_ms);
-    for (int i = 0; i < w->nqueues; i++) {
+    for (int i = first; i < first + count; i++) {
         argv[n++] = w->queues[i].alive;
         argv[n++] = w->queues[i].workers;
     }
@@ -1343,6 +1366,13 @@ static void send_heartbeat(tempest_worker *w) {
     argv[n + 2] = w->wid;
     tp_redis_script(w->redis, on_script_reply, "heartbeat", TP_SCRIPT_HEARTBEAT, n, n + 3, argv,
                     NULL);
+}
+
+static void send_heartbeat(tempest_worker *w) {
+    for (int i = 0; per_queue(w) && i < w->nqueues; i++)
+        send_heartbeat_of(w, i, 1);
+    if (!per_queue(w))
+        send_heartbeat_of(w, 0, w->nqueues);
 }
 
 /* The arguments of one script call. */
@@ -1363,10 +1393,11 @@ static inline void arg_str(args *a, const char *s) {
 
 /* Adds, for each queue, the count and the text of its oldest finished jobs
  * (within the argument limit) to a take, which carries their batches. */
-static void take_carry(tempest_worker *w, take *t, args *a, char counts[][12]) {
+static void take_carry(tempest_worker *w, take *t, args *a, char counts[][12], int first,
+                       int count) {
     ack_batch **last = &t->acks;
-    for (int i = 0; i < w->nqueues; i++) {
-        int budget = TP_SCRIPT_MAX_ARGS - a->n - (w->nqueues - i);
+    for (int i = first; i < first + count; i++) {
+        int budget = TP_SCRIPT_MAX_ARGS - a->n - (first + count - i);
         ack_batch *b = batch_cut(w, i, budget < ACK_BATCH ? budget : ACK_BATCH);
         int n = b ? b->n : 0;
         arg_add(a, counts[i], (size_t)snprintf(counts[i], 12, "%d", n));
@@ -1390,7 +1421,8 @@ static int take_batch(tempest_worker *w, int room) {
     a.n = 0;
     snprintf(ttl, sizeof ttl, "%d", w->ttl_ms);
     snprintf(max, sizeof max, "%d", room);
-    for (int i = 0; i < w->nqueues; i++) {
+    int first = per_queue(w) ? w->next_queue : 0, count = per_queue(w) ? 1 : w->nqueues;
+    for (int i = first; i < first + count; i++) {
         const wqueue *q = &w->queues[i];
         const char *keys[] = {q->name, q->processing, q->alive, q->workers, q->attempts};
         for (int k = 0; k < 5; k++)
@@ -1399,9 +1431,9 @@ static int take_batch(tempest_worker *w, int room) {
     const char *tail[] = {ttl, presence_info(w), w->wid, max};
     for (int k = 0; k < 4; k++)
         arg_str(&a, tail[k]);
-    take_carry(w, t, &a, counts);
-    int rc = tp_redis_script(w->redis, on_batch, (void *)(intptr_t)room, TP_SCRIPT_TAKE,
-                             5 * w->nqueues, a.n, a.v, a.len);
+    take_carry(w, t, &a, counts, first, count);
+    int rc = tp_redis_script(w->redis, on_batch, (void *)((intptr_t)room << 4 | first),
+                             TP_SCRIPT_TAKE, 5 * count, a.n, a.v, a.len);
     if (rc != 0) {
         while (t->acks) {
             ack_batch *b = t->acks;
@@ -1681,6 +1713,9 @@ tempest_worker_new(tempest_node *node, const tempest_worker_options *options, te
     static const tempest_worker_options defaults;
     const tempest_worker_options *o = options ? options : &defaults;
     const char *bad = node ? check_options(o) : "a node is required";
+    for (int i = 0; bad == NULL && node->url.nseeds > 0 && i < count_queues(o); i++)
+        bad = tp_cluster_check_queue(o->queues ? o->queues[i] : (o->queue ? o->queue : "tempest"),
+                                     o->dead_letter);
     if (bad) {
         tp_error_set(err, TEMPEST_EINVAL, "worker: %s", bad);
         return NULL;

@@ -537,6 +537,86 @@ int tt_sentinel_start(tt_redis *r, const char *name, int master_port) {
     return -1;
 }
 
+/* ---- a cluster of masters ------------------------------------------------ */
+
+/* The reply's text (status, bulk or error) into `out`; -1 on no reply. */
+static int tt_cmd_text(int port, char *out, size_t size, const char *fmt, ...) {
+    redisContext *c = tt_connect(port, 5000);
+    va_list ap;
+    int rc = -1;
+    out[0] = '\0';
+    if (c == NULL) {
+        redisFree(c);
+        return -1;
+    }
+    va_start(ap, fmt);
+    redisReply *reply = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    if (reply != NULL && reply->str != NULL) {
+        snprintf(out, size, "%s", reply->str);
+        rc = reply->type == REDIS_REPLY_ERROR ? -1 : 0;
+    }
+    freeReplyObject(reply);
+    redisFree(c);
+    return rc;
+}
+
+static bool tt_cluster_ok(const tt_redis *nodes, int n) {
+    char info[4096], known[48];
+    snprintf(known, sizeof known, "cluster_known_nodes:%d", n);
+    for (int i = 0; i < n; i++)
+        if (tt_cmd_text(nodes[i].port, info, sizeof info, "CLUSTER INFO") != 0 ||
+            strstr(info, "cluster_state:ok") == NULL || strstr(info, known) == NULL)
+            return false;
+    return true;
+}
+
+static int tt_cluster_form(tt_redis *nodes, int n) {
+    char text[256];
+    for (int i = 0; i < n; i++) {
+        int from = 16384 * i / n, to = 16384 * (i + 1) / n - 1;
+        if (tt_cmd_text(nodes[i].port, text, sizeof text, "CLUSTER ADDSLOTSRANGE %d %d", from,
+                        to) != 0 ||
+            tt_cmd_text(nodes[i].port, text, sizeof text, "CLUSTER SET-CONFIG-EPOCH %d", i + 1) !=
+                0)
+            return -1;
+    }
+    for (int i = 1; i < n; i++)
+        if (tt_cmd_text(nodes[0].port, text, sizeof text, "CLUSTER MEET 127.0.0.1 %d",
+                        nodes[i].port) != 0)
+            return -1;
+    for (long long deadline = tt_now_ms() + 20000; tt_now_ms() < deadline; tt_sleep_ms(50))
+        if (tt_cluster_ok(nodes, n))
+            return 0;
+    return -1;
+}
+
+int tt_cluster_start(tt_redis *nodes, int n, char *url, size_t urlsize) {
+    static const char *const extra[] = {"--cluster-enabled",
+                                        "yes",
+                                        "--cluster-config-file",
+                                        "nodes.conf",
+                                        "--cluster-node-timeout",
+                                        "5000",
+                                        NULL};
+    int started = 0;
+    size_t len = (size_t)snprintf(url, urlsize, "redis+cluster://");
+    if (n < 1 || n > 16)
+        return -1;
+    for (; started < n; started++) {
+        if (tt_redis_start(&nodes[started], extra) != 0)
+            break;
+        len += (size_t)snprintf(url + len, len < urlsize ? urlsize - len : 0, "%s127.0.0.1:%d",
+                                started ? "," : "", nodes[started].port);
+    }
+    if (started == n && len < urlsize && tt_cluster_form(nodes, n) == 0)
+        return 0;
+    fprintf(stderr, "harness: the cluster did not form\n");
+    while (started > 0)
+        tt_redis_stop(&nodes[--started]);
+    return -1;
+}
+
 /* ---- synchronous commands ------------------------------------------------ */
 
 /* Sends AUTH when the server was started with --requirepass. */

@@ -54,6 +54,17 @@ int tt_redis_restart(tt_redis *r, const char *const *extra);
 int tt_sentinel_start(tt_redis *r, const char *name, int master_port);
 
 /**
+ * Starts `n` (1..16) cluster-enabled servers (`--cluster-enabled yes`, the
+ * cluster config file in each one's dir, node timeout 5000 ms, otherwise as
+ * tt_redis_start), splits the 16384 slots evenly among them as masters
+ * (ADDSLOTSRANGE, SET-CONFIG-EPOCH, MEET), and waits (up to 20 s) until every
+ * node says cluster_state:ok and knows the others. Writes
+ * `redis+cluster://127.0.0.1:<port>,...` to `url`. Returns 0, or -1 (the
+ * servers started are stopped). Stop each with tt_redis_stop.
+ */
+int tt_cluster_start(tt_redis *nodes, int n, char *url, size_t urlsize);
+
+/**
  * Runs a synchronous command on the server (hiredis, blocking; test only)
  * and returns the reply as an integer (for :N replies), or the length of a
  * list/array reply, or -1 on error. `fmt` as redisCommand.

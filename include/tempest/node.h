@@ -47,7 +47,13 @@ typedef struct tempest_node_options {
      *  26379; user and password are the master's). With sentinels, every
      *  connect and reconnect asks them in turn for the master's address and
      *  checks its ROLE; a -READONLY reply (a demoted master) drops the
-     *  connection. NULL: $TEMPEST_REDIS_URL, else `redis://127.0.0.1:6379`. */
+     *  connection. A Redis Cluster:
+     *  `redis+cluster://[[user]:password@]host[:port][,host[:port]...]`
+     *  (seed nodes, tried in turn; port default 6379; database 0 only):
+     *  every connection learns the slot map, keeps one connection per
+     *  master, sends each command to its key's master and follows MOVED,
+     *  ASK and TRYAGAIN; it is UP while every master is connected.
+     *  NULL: $TEMPEST_REDIS_URL, else `redis://127.0.0.1:6379`. */
     const char *redis_url;
     /** `host:port` to bind the node listener to; port 0 picks a free port.
      *  NULL: `127.0.0.1:0`. The listener is opened when first needed (a

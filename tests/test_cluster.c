@@ -1,0 +1,564 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Redis Cluster on loopback: three cluster-enabled masters (private
+ * processes on free ports, persistence off). Slots against the server's own
+ * CLUSTER KEYSLOT, the redis+cluster:// URL, a dead seed skipped, MOVED and
+ * ASK followed by a plain connection, and the acceptance test: 50 queues
+ * spread over the masters, jobs answered through workers while the slots of
+ * some queues are migrated by hand (SETSLOT IMPORTING/MIGRATING, MIGRATE,
+ * SETSLOT NODE) in the middle of the load; every job must be answered
+ * exactly once, and no job may stay queued, in a processing list or dead.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <tempest/tempest.h>
+
+#include "../lib/cluster.h"
+#include "../lib/redis.h"
+#include "harness.h"
+
+#define NMASTERS 3
+#define NQUEUES 50
+#define JOBS_PER_QUEUE 600
+#define NJOBS (NQUEUES * JOBS_PER_QUEUE)
+#define WINDOW 400
+#define NMOVED 10 /* queues whose slot is migrated under load */
+
+typedef struct fixture {
+    tt_redis nodes[NMASTERS];
+    struct event_base *base;
+    char url[512];
+} fixture;
+
+/* ---- synchronous helpers ------------------------------------------------- */
+
+static redisReply *cmd(const tt_redis *n, const char *fmt, ...) {
+    struct timeval tv = {5, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", n->port, tv);
+    redisReply *r = NULL;
+    if (c != NULL && c->err == 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        r = redisvCommand(c, fmt, ap);
+        va_end(ap);
+    }
+    redisFree(c);
+    return r;
+}
+
+static void cmd_ok(const tt_redis *n, const char *fmt, const char *a, const char *b) {
+    redisReply *r = cmd(n, fmt, a, b);
+    assert_non_null(r);
+    if (r->type == REDIS_REPLY_ERROR)
+        fail_msg("%s: %s", fmt, r->str);
+    freeReplyObject(r);
+}
+
+static void node_id(const tt_redis *n, char *out) {
+    redisReply *r = cmd(n, "CLUSTER MYID");
+    assert_true(r != NULL && r->type == REDIS_REPLY_STRING && r->len == 40);
+    memcpy(out, r->str, 41);
+    freeReplyObject(r);
+}
+
+/* The index of the master that owns `slot`, per node 0's view. */
+static int owner_of(fixture *f, int slot) {
+    redisReply *r = cmd(&f->nodes[0], "CLUSTER SLOTS");
+    int owner = -1;
+    for (size_t i = 0; r && i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        if (slot >= e->element[0]->integer && slot <= e->element[1]->integer)
+            for (int k = 0; k < NMASTERS; k++)
+                if (e->element[2]->element[1]->integer == f->nodes[k].port)
+                    owner = k;
+    }
+    freeReplyObject(r);
+    return owner;
+}
+
+/* LLEN/SCARD... of a key on the master that owns it (0 when absent). */
+static long long count_on_owner(fixture *f, const char *verb, const char *key) {
+    int o = owner_of(f, tp_cluster_slot(key, strlen(key)));
+    assert_true(o >= 0);
+    char fmt[32];
+    snprintf(fmt, sizeof fmt, "%s %%s", verb);
+    return tt_redis_int(&f->nodes[o], fmt, key);
+}
+
+/* Step `step` (0..3) of moving `slot` from master `from` to `to`:
+ * IMPORTING, MIGRATING, MIGRATE of every key, SETSLOT NODE everywhere. */
+static int migrate_step(fixture *f, int slot, int from, int to, int step) {
+    char sid[48], fid[41], tid[41];
+    node_id(&f->nodes[from], fid);
+    node_id(&f->nodes[to], tid);
+    snprintf(sid, sizeof sid, "%d", slot);
+    int keys = 0;
+    if (step == 0)
+        cmd_ok(&f->nodes[to], "CLUSTER SETSLOT %s IMPORTING %s", sid, fid);
+    else if (step == 1)
+        cmd_ok(&f->nodes[from], "CLUSTER SETSLOT %s MIGRATING %s", sid, tid);
+    else if (step == 2) {
+        for (;;) {
+            redisReply *r = cmd(&f->nodes[from], "CLUSTER GETKEYSINSLOT %d 100", slot);
+            assert_true(r != NULL && r->type == REDIS_REPLY_ARRAY);
+            size_t n = r->elements;
+            for (size_t i = 0; i < n; i++) {
+                redisReply *m = cmd(&f->nodes[from], "MIGRATE 127.0.0.1 %d %s 0 5000",
+                                    f->nodes[to].port, r->element[i]->str);
+                assert_non_null(m);
+                if (m->type == REDIS_REPLY_ERROR)
+                    fail_msg("MIGRATE %s: %s", r->element[i]->str, m->str);
+                freeReplyObject(m);
+                keys++;
+            }
+            freeReplyObject(r);
+            if (n == 0)
+                break;
+        }
+    } else {
+        cmd_ok(&f->nodes[to], "CLUSTER SETSLOT %s NODE %s", sid, tid);
+        cmd_ok(&f->nodes[from], "CLUSTER SETSLOT %s NODE %s", sid, tid);
+        for (int k = 0; k < NMASTERS; k++)
+            if (k != from && k != to)
+                cmd_ok(&f->nodes[k], "CLUSTER SETSLOT %s NODE %s", sid, tid);
+    }
+    return keys;
+}
+
+static void move_slot(fixture *f, int slot, int from, int to) {
+    migrate_step(f, slot, from, to, 0);
+    migrate_step(f, slot, from, to, 1);
+    while (migrate_step(f, slot, from, to, 2) > 0)
+        ;
+    migrate_step(f, slot, from, to, 3);
+}
+
+/* Redirects and waits the library logged (at debug level). */
+static int redirects[3]; /* MOVED, ASK, TRYAGAIN */
+static int crossslot;    /* CROSSSLOT errors logged: a script spanning slots */
+
+/* ---- fixture ------------------------------------------------------------- */
+
+static int group_setup(void **state) {
+    fixture *f = calloc(1, sizeof *f);
+    if (f == NULL)
+        return -1;
+    if (tt_cluster_start(f->nodes, NMASTERS, f->url, sizeof f->url) != 0) {
+        const char *ci = getenv("CI");
+        fprintf(stderr, "cluster: cannot start a Redis Cluster%s\n",
+                ci && strcmp(ci, "true") == 0 ? "" : " (skipped)");
+        free(f);
+        exit(ci && strcmp(ci, "true") == 0 ? 1 : 77);
+    }
+    f->base = event_base_new();
+    *state = f;
+    return f->base ? 0 : -1;
+}
+
+static int group_teardown(void **state) {
+    fixture *f = *state;
+    for (int i = 0; i < NMASTERS; i++)
+        tt_redis_stop(&f->nodes[i]);
+    event_base_free(f->base);
+    free(f);
+    return 0;
+}
+
+static void print_log(int level, const char *message, void *arg) {
+    (void)arg;
+    const char *kinds[] = {"redis cluster: MOVED", "redis cluster: ASK", "redis cluster: TRYAGAIN"};
+    for (int i = 0; i < 3; i++)
+        redirects[i] += strncmp(message, kinds[i], strlen(kinds[i])) == 0;
+    crossslot += strstr(message, "CROSSSLOT") != NULL;
+    if (level >= TEMPEST_LOG_WARN)
+        fprintf(stderr, "[%lld] %s\n", tt_now_ms() % 100000, message);
+}
+
+static tempest_node *cluster_node(fixture *f, const char *url) {
+    tempest_node_options o = {.redis_url = url,
+                              .connect_timeout_ms = 500,
+                              .reconnect_min_ms = 20,
+                              .reconnect_max_ms = 200,
+                              .log = print_log,
+                              .log_level = TEMPEST_LOG_DEBUG};
+    tempest_error err = {0};
+    tempest_node *node = tempest_node_new(f->base, &o, &err);
+    if (node == NULL)
+        fail_msg("tempest_node_new: %s", err.message);
+    return node;
+}
+
+static bool node_up(void *arg) {
+    return tempest_node_state(arg) == TEMPEST_NODE_UP && tempest_node_id(arg) > 0;
+}
+
+/* ---- slots and URLs ------------------------------------------------------ */
+
+static void test_slots(void **state) {
+    fixture *f = *state;
+    /* Values of the Redis Cluster specification. */
+    assert_int_equal(tp_cluster_slot("123456789", 9), 12739);
+    assert_int_equal(tp_cluster_slot("{user1000}.following", 20),
+                     tp_cluster_slot("{user1000}.followers", 20));
+    assert_int_equal(tp_cluster_slot("foo{}{bar}", 10),
+                     tp_cluster_slot("foo{}{bar}", 10)); /* empty tag: the whole key */
+    const char *keys[] = {
+        "foo",           "q",     "{q}:processing:17", "tempest", "foo{}{bar}", "foo{{bar}}zap",
+        "foo{bar}{zap}", "a{b}c", "{a{b}c}:dead",      "{"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        assert_int_equal(tp_cluster_slot(keys[i], strlen(keys[i])),
+                         tt_redis_int(&f->nodes[0], "CLUSTER KEYSLOT %s", keys[i]));
+    /* A queue's list and its {queue}: keys share a slot unless the name has braces. */
+    assert_int_equal(tp_cluster_slot("jobs", 4), tp_cluster_slot("{jobs}:dead", 11));
+    assert_int_not_equal(tp_cluster_slot("a{b}c", 5), tp_cluster_slot("{a{b}c}:dead", 12));
+}
+
+static void test_url(void **state) {
+    (void)state;
+    tp_redis_url u;
+    char err[200];
+    assert_int_equal(tp_redis_url_parse("redis+cluster://u:p%40w@10.0.0.1:7000,[::1],h3:7002", &u,
+                                        err, sizeof err),
+                     0);
+    assert_int_equal(u.nseeds, 3);
+    assert_string_equal(u.seeds[0].host, "10.0.0.1");
+    assert_int_equal(u.seeds[0].port, 7000);
+    assert_string_equal(u.seeds[1].host, "::1");
+    assert_int_equal(u.seeds[1].port, 6379);
+    assert_string_equal(u.user, "u");
+    assert_string_equal(u.password, "p@w");
+    assert_null(u.host);
+    assert_int_equal(u.nsentinels, 0);
+    tp_redis_url_clear(&u);
+    assert_int_equal(tp_redis_url_parse("redis+cluster://h:1/0", &u, err, sizeof err), 0);
+    tp_redis_url_clear(&u);
+    assert_int_equal(tp_redis_url_parse("redis+cluster://h:1/2", &u, err, sizeof err),
+                     TEMPEST_EADDR);
+    assert_non_null(strstr(err, "only database 0"));
+    assert_int_equal(tp_redis_url_parse("redis+cluster://", &u, err, sizeof err), TEMPEST_EADDR);
+    assert_int_equal(tp_redis_url_parse("redis+cluster://h:1,", &u, err, sizeof err),
+                     TEMPEST_EADDR);
+}
+
+static void test_dead_seed_skipped(void **state) {
+    fixture *f = *state;
+    char url[600];
+    snprintf(url, sizeof url, "redis+cluster://127.0.0.1:%d,%s", tt_free_port(),
+             f->url + strlen("redis+cluster://"));
+    tempest_node *node = cluster_node(f, url);
+    assert_true(tt_run_until(f->base, node_up, node, 5000));
+    assert_true(tempest_work(node, "seedq", "x", NULL, NULL, NULL, NULL) > 0);
+    tt_run_for(f->base, 100);
+    assert_int_equal(count_on_owner(f, "LLEN", "seedq"), 1);
+    tempest_node_free(node);
+}
+
+/* ---- MOVED and ASK on a plain connection -------------------------------- */
+
+typedef struct replies {
+    int n;
+    long long last;
+    char err[200];
+} replies;
+
+static void on_int(redisAsyncContext *ac, void *reply, void *privdata) {
+    replies *r = privdata;
+    redisReply *rep = reply;
+    assert_non_null(tp_redis_from(ac));
+    r->n++;
+    if (rep && rep->type == REDIS_REPLY_INTEGER)
+        r->last = rep->integer;
+    else
+        snprintf(r->err, sizeof r->err, "%s", rep ? (rep->str ? rep->str : "?") : "lost");
+}
+
+static bool redis_up(void *arg) {
+    return tp_redis_state(arg) == TEMPEST_NODE_UP;
+}
+
+static bool got(void *arg) {
+    return ((replies *)arg)->n > 0;
+}
+
+static void test_moved_and_ask(void **state) {
+    fixture *f = *state;
+    tp_redis_url url;
+    char err[200];
+    tp_logger log = {.fn = print_log, .level = TEMPEST_LOG_DEBUG};
+    assert_int_equal(tp_redis_url_parse(f->url, &url, err, sizeof err), 0);
+    tp_redis *r = tp_redis_new(f->base, &url, NULL, &log, NULL, NULL);
+    tp_redis_url_clear(&url);
+    assert_non_null(r);
+    assert_true(tt_run_until(f->base, redis_up, r, 5000));
+
+    /* MOVED: the slot of "mk" moves after the map was learned. */
+    int slot = tp_cluster_slot("mk", 2), from = owner_of(f, slot), to = (from + 1) % NMASTERS;
+    move_slot(f, slot, from, to);
+    replies a = {0};
+    assert_int_equal(tp_redis_cmd(r, on_int, &a, "RPUSH mk v"), 0);
+    assert_true(tt_run_until(f->base, got, &a, 3000));
+    assert_int_equal(a.n, 1);
+    assert_string_equal(a.err, "");
+    assert_int_equal(a.last, 1);
+    assert_int_equal(tt_redis_int(&f->nodes[to], "LLEN mk"), 1);
+
+    /* ASK: "ak" is in a slot half-migrated (IMPORTING/MIGRATING, key absent
+     * from the source): the push goes to the target after ASKING. */
+    slot = tp_cluster_slot("ak", 2);
+    from = owner_of(f, slot);
+    to = (from + 1) % NMASTERS;
+    migrate_step(f, slot, from, to, 0);
+    migrate_step(f, slot, from, to, 1);
+    replies b = {0};
+    assert_int_equal(tp_redis_cmd(r, on_int, &b, "RPUSH ak v"), 0);
+    assert_true(tt_run_until(f->base, got, &b, 3000));
+    assert_int_equal(b.n, 1);
+    assert_string_equal(b.err, "");
+    assert_int_equal(b.last, 1);
+    migrate_step(f, slot, from, to, 3);
+    assert_int_equal(tt_redis_int(&f->nodes[to], "LLEN ak"), 1);
+    /* The old owner's map entry is stale: MOVED is followed again. */
+    replies c = {0};
+    assert_int_equal(tp_redis_cmd(r, on_int, &c, "RPUSH ak w"), 0);
+    assert_true(tt_run_until(f->base, got, &c, 3000));
+    assert_int_equal(c.last, 2);
+    tp_redis_free(r);
+}
+
+/* ---- resharding under load ---------------------------------------------- */
+
+typedef struct load {
+    fixture *f;
+    tempest_node *node;
+    long long submitted, answered, failed, extra;
+    int inflight;
+    unsigned char *calls; /* callbacks per job id */
+    long long *ids;       /* job id -> sequence number, for the answers */
+} load;
+
+static void on_answer(tempest_node *node, long long id, int status, json_t *answer, void *arg);
+
+static void fill(load *l) {
+    tempest_work_options wo = {.timeout_ms = 30000};
+    while (l->inflight < WINDOW && l->submitted < NJOBS) {
+        char queue[16];
+        snprintf(queue, sizeof queue, "cq%lld", l->submitted % NQUEUES);
+        json_t *args = json_pack("[I]", (json_int_t)l->submitted);
+        long long id = tempest_work(l->node, queue, "echo", args, &wo, on_answer, l);
+        json_decref(args);
+        if (id <= 0) {
+            fprintf(stderr, "tempest_work: %s\n", tempest_strerror((int)id));
+            return;
+        }
+        assert_true(id < 4 * NJOBS);
+        l->submitted++;
+        l->inflight++;
+    }
+}
+
+static void on_answer(tempest_node *node, long long id, int status, json_t *answer, void *arg) {
+    (void)node;
+    (void)answer;
+    load *l = arg;
+    if (id <= 0 || id >= 4 * NJOBS || l->calls[id]++ > 0) {
+        l->extra++;
+        return;
+    }
+    l->inflight--;
+    if (status == 0)
+        l->answered++;
+    else {
+        fprintf(stderr, "job %lld: %s\n", id, tempest_strerror(status));
+        l->failed++;
+    }
+    fill(l);
+}
+
+static void h_echo(tempest_worker *w, tempest_job *job, void *arg) {
+    (void)w;
+    (void)arg;
+    if (tempest_job_answer(job, tempest_job_args(job), false) != 0)
+        fprintf(stderr, "h_echo: answer failed\n");
+}
+
+typedef struct target {
+    load *l;
+    long long n;
+} target;
+
+static bool reached(void *arg) {
+    target *t = arg;
+    return t->l->answered + t->l->failed >= t->n;
+}
+
+static void test_reshard_under_load(void **state) {
+    fixture *f = *state;
+    load l = {.f = f, .calls = calloc(4 * NJOBS, 1)};
+    assert_non_null(l.calls);
+    /* The queues spread over every master. */
+    int per_master[NMASTERS] = {0}, slots[NQUEUES];
+    for (int q = 0; q < NQUEUES; q++) {
+        char name[16];
+        snprintf(name, sizeof name, "cq%d", q);
+        slots[q] = tp_cluster_slot(name, strlen(name));
+        per_master[owner_of(f, slots[q])]++;
+    }
+    for (int m = 0; m < NMASTERS; m++)
+        assert_true(per_master[m] > 0);
+    fprintf(stderr, "queues per master: %d %d %d\n", per_master[0], per_master[1], per_master[2]);
+
+    l.node = cluster_node(f, f->url);
+    tempest_node *wnode = cluster_node(f, f->url);
+    assert_true(tt_run_until(f->base, node_up, l.node, 5000));
+    assert_true(tt_run_until(f->base, node_up, wnode, 5000));
+    tempest_worker *w[NQUEUES];
+    for (int q = 0; q < NQUEUES; q++) {
+        char name[16];
+        snprintf(name, sizeof name, "cq%d", q);
+        tempest_worker_options wo = {.queue = name, .concurrency = 8, .block_timeout_ms = 200};
+        w[q] = tempest_worker_new(wnode, &wo, NULL);
+        assert_non_null(w[q]);
+        assert_int_equal(tempest_worker_on(w[q], "echo", h_echo, NULL), 0);
+        assert_int_equal(tempest_worker_start(w[q]), 0);
+    }
+    fill(&l);
+    target t = {&l, NJOBS / 10};
+    assert_true(tt_run_until(f->base, reached, &t, 60000));
+
+    /* Move the slots of NMOVED queues, one step at a time, with the load
+     * running between the steps (while a slot is MIGRATING/IMPORTING). */
+    int moved = 0, keys = 0;
+    for (int q = 0; q < NMOVED; q++) {
+        int from = owner_of(f, slots[q]), to = (from + 1) % NMASTERS;
+        for (int step = 0; step < 4; step++) {
+            int k;
+            do { /* the load runs between the steps, and between the keys */
+                keys += k = migrate_step(f, slots[q], from, to, step);
+                tt_run_for(f->base, 10);
+            } while (step == 2 && k > 0);
+        }
+        assert_int_equal(owner_of(f, slots[q]), to);
+        moved++;
+    }
+    fprintf(stderr, "slots moved under load: %d (%d keys migrated), answered so far: %lld\n", moved,
+            keys, l.answered);
+    assert_true(l.answered < NJOBS); /* the moves happened under load */
+    t.n = NJOBS;
+    assert_true(tt_run_until(f->base, reached, &t, 120000));
+    fprintf(stderr, "jobs: %d, answered: %lld, failed: %lld, duplicate callbacks: %lld\n", NJOBS,
+            l.answered, l.failed, l.extra);
+    fprintf(stderr, "redirects followed: %d MOVED, %d ASK, %d TRYAGAIN\n", redirects[0],
+            redirects[1], redirects[2]);
+    assert_true(redirects[0] > 0);
+    assert_int_equal(crossslot, 0);
+    assert_int_equal(l.answered, NJOBS);
+    assert_int_equal(l.failed, 0);
+    assert_int_equal(l.extra, 0);
+
+    /* Let the acks land, then nothing is left anywhere. */
+    tt_run_for(f->base, 300);
+    for (int q = 0; q < NQUEUES; q++) {
+        char name[16], plist[64], dead[32];
+        snprintf(name, sizeof name, "cq%d", q);
+        snprintf(plist, sizeof plist, "{cq%d}:processing:%s", q, tempest_worker_id(w[q]));
+        snprintf(dead, sizeof dead, "{cq%d}:dead", q);
+        assert_int_equal(count_on_owner(f, "LLEN", name), 0);
+        assert_int_equal(count_on_owner(f, "LLEN", plist), 0);
+        assert_int_equal(count_on_owner(f, "LLEN", dead), 0);
+    }
+    for (int q = 0; q < NQUEUES; q++)
+        tempest_worker_free(w[q]);
+    tempest_node_free(wnode);
+    tempest_node_free(l.node);
+    free(l.calls);
+}
+
+/* ---- a worker of several queues on several masters --------------------- */
+
+typedef struct multi {
+    int answered, failed;
+} multi;
+
+static void on_multi(tempest_node *node, long long id, int status, json_t *answer, void *arg) {
+    (void)node, (void)id, (void)answer;
+    multi *m = arg;
+    if (status == 0)
+        m->answered++;
+    else
+        m->failed++;
+}
+
+static bool multi_done(void *arg) {
+    multi *m = arg;
+    return m->answered + m->failed >= 3 * 100;
+}
+
+static void test_multi_queue_worker(void **state) {
+    fixture *f = *state;
+    /* Three queue names on three different masters. */
+    const char *names[3] = {NULL, NULL, NULL};
+    static char pool[64][16];
+    for (int i = 0; i < 64; i++) {
+        snprintf(pool[i], sizeof pool[i], "mq%d", i);
+        int o = owner_of(f, tp_cluster_slot(pool[i], strlen(pool[i])));
+        if (names[o] == NULL)
+            names[o] = pool[i];
+    }
+    assert_true(names[0] && names[1] && names[2]);
+    tempest_node *node = cluster_node(f, f->url);
+    assert_true(tt_run_until(f->base, node_up, node, 5000));
+    tempest_error err = {0};
+    /* Keys that would span slots are refused. */
+    tempest_worker_options bad = {.queue = "a{b}c"};
+    assert_null(tempest_worker_new(node, &bad, &err));
+    assert_int_equal(err.code, TEMPEST_EINVAL);
+    tempest_worker_options bad_dead = {.queue = "jobs", .dead_letter = "dead"};
+    assert_null(tempest_worker_new(node, &bad_dead, &err));
+    tempest_worker_options ok_dead = {.queue = "jobs", .dead_letter = "{jobs}:graveyard"};
+    tempest_worker *w = tempest_worker_new(node, &ok_dead, &err);
+    assert_non_null(w);
+    tempest_worker_free(w);
+
+    const char *queues[] = {names[0], names[1], names[2], NULL};
+    tempest_worker_options wo = {.queues = queues, .concurrency = 4, .block_timeout_ms = 100};
+    w = tempest_worker_new(node, &wo, &err);
+    assert_non_null(w);
+    assert_int_equal(tempest_worker_on(w, "echo", h_echo, NULL), 0);
+    assert_int_equal(tempest_worker_start(w), 0);
+    multi m = {0};
+    for (int i = 0; i < 3 * 100; i++)
+        assert_true(tempest_work(node, queues[i % 3], "echo", NULL, NULL, on_multi, &m) > 0);
+    assert_true(tt_run_until(f->base, multi_done, &m, 20000));
+    assert_int_equal(m.answered, 300);
+    tt_run_for(f->base, 300); /* idle: blocking takes, heartbeats per queue */
+    for (int i = 0; i < 3; i++) {
+        char plist[64];
+        snprintf(plist, sizeof plist, "{%s}:processing:%s", queues[i], tempest_worker_id(w));
+        assert_int_equal(count_on_owner(f, "LLEN", queues[i]), 0);
+        assert_int_equal(count_on_owner(f, "LLEN", plist), 0);
+    }
+    assert_int_equal(crossslot, 0);
+    tempest_worker_free(w);
+    tempest_node_free(node);
+}
+
+int main(void) {
+    tt_require_redis();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_slots),
+        cmocka_unit_test(test_url),
+        cmocka_unit_test(test_dead_seed_skipped),
+        cmocka_unit_test(test_moved_and_ask),
+        cmocka_unit_test(test_reshard_under_load),
+        cmocka_unit_test(test_multi_queue_worker),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
