@@ -8,6 +8,7 @@
  * some queues are migrated by hand (SETSLOT IMPORTING/MIGRATING, MIGRATE,
  * SETSLOT NODE) in the middle of the load; every job must be answered
  * exactly once, and no job may stay queued, in a processing list or dead.
+ * Pub/sub across the masters, both ways.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -550,6 +551,90 @@ static void test_multi_queue_worker(void **state) {
     tempest_node_free(node);
 }
 
+/* ---- pub/sub across the cluster ----------------------------------------- */
+
+typedef struct heard {
+    int n;
+    char data[8][32];
+} heard;
+
+static void on_heard(tempest_subscriber *sub, int what, const char *channel, const char *event,
+                     const char *data, size_t len, void *arg) {
+    (void)sub, (void)channel, (void)event, (void)len;
+    heard *h = arg;
+    if (what == TEMPEST_SUB_MESSAGE && h->n < 8)
+        snprintf(h->data[h->n++], sizeof h->data[0], "%s", data);
+}
+
+static bool subscribed(void *arg) {
+    return tempest_node_subscriptions(arg) == 1;
+}
+
+typedef struct want_heard {
+    heard *h;
+    int n;
+} want_heard;
+
+static bool heard_n(void *arg) {
+    want_heard *w = arg;
+    return w->h->n >= w->n;
+}
+
+/* A cluster node's subscriber hears a PUBLISH sent to any master (the
+ * cluster bus carries it), and its publisher reaches a plain SUBSCRIBE on
+ * every master. */
+static void test_pubsub_across_masters(void **state) {
+    fixture *f = *state;
+    tempest_node *node = cluster_node(f, f->url);
+    assert_true(tt_run_until(f->base, node_up, node, 5000));
+    heard h = {0};
+    tempest_subscriber *sub = tempest_subscriber_new(node, on_heard, &h, NULL);
+    assert_non_null(sub);
+    assert_int_equal(tempest_subscribe(sub, "news", false), 0);
+    assert_true(tt_run_until(f->base, subscribed, node, 5000));
+    for (int i = 0; i < NMASTERS; i++) {
+        char msg[32];
+        snprintf(msg, sizeof msg, "[\"from %d\"]", i);
+        redisReply *r = cmd(&f->nodes[i], "PUBLISH news %s", msg);
+        assert_non_null(r);
+        freeReplyObject(r);
+    }
+    want_heard all = {&h, NMASTERS};
+    assert_true(tt_run_until(f->base, heard_n, &all, 5000));
+    for (int i = 0; i < NMASTERS; i++) {
+        char want[16];
+        snprintf(want, sizeof want, "from %d", i);
+        assert_string_equal(h.data[i], want);
+    }
+
+    /* The other way: plain subscribers on each master hear tempest_publish. */
+    redisContext *plain[NMASTERS];
+    for (int i = 0; i < NMASTERS; i++) {
+        struct timeval tv = {5, 0};
+        plain[i] = redisConnectWithTimeout("127.0.0.1", f->nodes[i].port, tv);
+        assert_true(plain[i] != NULL && plain[i]->err == 0);
+        redisReply *r = redisCommand(plain[i], "SUBSCRIBE weather");
+        assert_non_null(r);
+        freeReplyObject(r);
+        redisSetTimeout(plain[i], tv);
+    }
+    tempest_publisher *pub = tempest_publisher_new(node, NULL, NULL);
+    assert_non_null(pub);
+    assert_int_equal(tempest_publish(pub, "weather", NULL, "sunny", NULL, NULL), 0);
+    tt_run_for(f->base, 100);
+    for (int i = 0; i < NMASTERS; i++) {
+        redisReply *m = NULL;
+        assert_int_equal(redisGetReply(plain[i], (void **)&m), REDIS_OK);
+        assert_true(m->type == REDIS_REPLY_ARRAY && m->elements == 3);
+        assert_string_equal(m->element[2]->str, "[\"sunny\"]");
+        freeReplyObject(m);
+        redisFree(plain[i]);
+    }
+    tempest_publisher_free(pub);
+    tempest_subscriber_free(sub);
+    tempest_node_free(node);
+}
+
 int main(void) {
     tt_require_redis();
     const struct CMUnitTest tests[] = {
@@ -559,6 +644,7 @@ int main(void) {
         cmocka_unit_test(test_moved_and_ask),
         cmocka_unit_test(test_reshard_under_load),
         cmocka_unit_test(test_multi_queue_worker),
+        cmocka_unit_test(test_pubsub_across_masters),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
