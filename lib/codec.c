@@ -1065,20 +1065,27 @@ static int parse_sentinels(const char *s, const char *end, tp_redis_url *out, ch
                        &out->nsentinels, err, errlen);
 }
 
+/* `[[user]:password@]` before a host list at `s`: parses the user info (the
+ * last `@` ends it) and sets *hosts and *end to the list and its end (the
+ * first of `/?#`). */
+static int parse_host_list_userinfo(const char *s, const char **hosts, const char **end,
+                                    tp_redis_url *out, char *err, size_t errlen) {
+    *end = s + strcspn(s, "/?#");
+    *hosts = s;
+    for (const char *p = s; p < *end; p++) {
+        if (*p == '@')
+            *hosts = p + 1;
+    }
+    return *hosts > s ? parse_userinfo(s, *hosts - 1, out, err, errlen) : 0;
+}
+
 /* `[[user]:password@]host[:port][,host[:port]...][/0]`: seeds of a cluster. */
 static int parse_cluster(const char *s, tp_redis_url *out, char *err, size_t errlen) {
-    const char *end = s + strcspn(s, "/?#"), *hosts = s;
-    int rc;
+    const char *hosts, *end;
+    int rc = parse_host_list_userinfo(s, &hosts, &end, out, err, errlen);
 
-    for (const char *p = s; p < end; p++) {
-        if (*p == '@')
-            hosts = p + 1;
-    }
-    if (hosts > s) {
-        rc = parse_userinfo(s, hosts - 1, out, err, errlen);
-        if (rc != 0)
-            return rc;
-    }
+    if (rc != 0)
+        return rc;
     rc = parse_hosts(hosts, end, REDIS_DEFAULT_PORT, "cluster seeds", &out->seeds, &out->nseeds,
                      err, errlen);
     if (rc != 0)
@@ -1135,18 +1142,11 @@ static int parse_master(const char *s, tp_redis_url *out, char *err, size_t errl
 }
 
 static int parse_sentinel(const char *s, tp_redis_url *out, char *err, size_t errlen) {
-    const char *end = s + strcspn(s, "/?#"), *hosts = s;
-    int rc;
+    const char *hosts, *end;
+    int rc = parse_host_list_userinfo(s, &hosts, &end, out, err, errlen);
 
-    for (const char *p = s; p < end; p++) {
-        if (*p == '@')
-            hosts = p + 1;
-    }
-    if (hosts > s) {
-        rc = parse_userinfo(s, hosts - 1, out, err, errlen);
-        if (rc != 0)
-            return rc;
-    }
+    if (rc != 0)
+        return rc;
     rc = parse_sentinels(hosts, end, out, err, errlen);
     if (rc != 0)
         return rc;
