@@ -601,11 +601,16 @@ static void test_pubsub_across_masters(void **state) {
     }
     want_heard all = {&h, NMASTERS};
     assert_true(tt_run_until(f->base, heard_n, &all, 5000));
+    /* Each once; the order is not kept across masters (the cluster bus). */
     for (int i = 0; i < NMASTERS; i++) {
         char want[16];
+        int seen = 0;
         snprintf(want, sizeof want, "from %d", i);
-        assert_string_equal(h.data[i], want);
+        for (int k = 0; k < h.n; k++)
+            seen += strcmp(h.data[k], want) == 0;
+        assert_int_equal(seen, 1);
     }
+    assert_int_equal(h.n, NMASTERS);
 
     /* The other way: plain subscribers on each master hear tempest_publish. */
     redisContext *plain[NMASTERS];
