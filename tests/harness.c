@@ -131,6 +131,35 @@ int tt_free_port(void) {
     return -1;
 }
 
+/* A port whose neighbour `offset` above is free too, both at most 65535:
+ * a cluster node also binds its bus port, its own port + 10000, and Redis
+ * refuses a port above 55535. The kernel's ephemeral range (often up to
+ * 60999) cannot give that, so ports are drawn below it, from 20000-32767,
+ * and both are checked by binding them. */
+static int tt_free_port_pair(int offset) {
+    static unsigned seed;
+    if (seed == 0)
+        seed = (unsigned)getpid() ^ (unsigned)tt_now_ms();
+    for (int attempt = 0; attempt < 200; attempt++) {
+        seed = seed * 1103515245u + 12345u;
+        int port = 20000 + (int)((seed >> 8) % 12768u);
+        int fds[2] = {-1, -1}, ok = 1;
+        for (int i = 0; i < 2 && ok; i++) {
+            fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            struct sockaddr_in sa = {.sin_family = AF_INET,
+                                     .sin_port = htons((uint16_t)(port + i * offset))};
+            sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            ok = fds[i] != -1 && bind(fds[i], (struct sockaddr *)&sa, sizeof sa) == 0;
+        }
+        for (int i = 0; i < 2; i++)
+            if (fds[i] != -1)
+                close(fds[i]);
+        if (ok && port != 6379)
+            return port;
+    }
+    return -1;
+}
+
 /* ---- the registry of running servers ------------------------------------ */
 
 static struct tt_slot *tt_slot_find(int port) {
@@ -443,8 +472,11 @@ int tt_redis_start(tt_redis *r, const char *const *extra) {
     if (tt_make_dir(r) == -1)
         return -1;
     /* Another process may take the free port before redis binds it: retry. */
+    bool cluster = false;
+    for (size_t i = 0; extra != NULL && extra[i] != NULL; i++)
+        cluster = cluster || strcmp(extra[i], "--cluster-enabled") == 0;
     for (int attempt = 0; attempt < TT_START_ATTEMPTS; attempt++) {
-        r->port = tt_free_port();
+        r->port = cluster ? tt_free_port_pair(10000) : tt_free_port();
         if (r->port <= 0)
             break;
         snprintf(r->url, sizeof r->url, "redis://127.0.0.1:%d", r->port);
