@@ -348,7 +348,7 @@ static const struct info_section {
     {.name = "Server",
      .text = "redis_version:7.0.0\r\n"
              "tempest_version:" TEMPEST_VERSION_STRING "\r\n"
-             "tempest_features:raw,progress,cancel\r\n"
+             "tempest_features:raw,progress,cancel,check\r\n"
              "redis_mode:standalone\r\n"},
     {.name = "Persistence", .text = "loading:0\r\n"},
     {.name = "Replication", .text = "role:master\r\nconnected_slaves:0\r\n"},
@@ -694,7 +694,8 @@ static bool looks_like_answer(int argc, const char **argv, const size_t *lens) {
         if (argv[1][i] < '0' || argv[1][i] > '9')
             return false;
     return argc == 3 || word_is(argv[3], lens[3], "MORE") || word_is(argv[3], lens[3], "ERROR") ||
-           word_is(argv[3], lens[3], "RAW") || word_is(argv[3], lens[3], "PROGRESS");
+           word_is(argv[3], lens[3], "RAW") || word_is(argv[3], lens[3], "PROGRESS") ||
+           word_is(argv[3], lens[3], "CHECK");
 }
 
 static void run_command(tp_session *s, int argc, const char **argv, const size_t *lens,

@@ -179,10 +179,13 @@ static int parse_id(const char *s, size_t len, long long *id) {
     return 0;
 }
 
-enum { KIND_PROGRESS = 100 }; /* a sign of life, never delivered */
+enum {
+    KIND_PROGRESS = 100, /* a sign of life, never delivered */
+    KIND_CHECK = 101     /* a question: is the job still wanted? */
+};
 
 /* The 4th argument: 0 final, TEMPEST_MORE, TEMPEST_MORE_RAW, TEMPEST_EREMOTE,
- * KIND_PROGRESS; -1 unknown. */
+ * KIND_PROGRESS, KIND_CHECK; -1 unknown. */
 static int answer_kind(int argc, const char **argv) {
     if (argc == 3)
         return 0;
@@ -192,6 +195,8 @@ static int answer_kind(int argc, const char **argv) {
         return TEMPEST_MORE_RAW;
     if (strcasecmp(argv[3], "PROGRESS") == 0)
         return KIND_PROGRESS;
+    if (strcasecmp(argv[3], "CHECK") == 0)
+        return KIND_CHECK;
     if (strcasecmp(argv[3], "ERROR") == 0)
         return TEMPEST_EREMOTE;
     return -1;
@@ -245,8 +250,8 @@ static void on_answer_command(tempest_node *node, int argc, const char **argv,
     long long id;
     int kind = answer_kind(argc, argv);
     if (kind == -1 || parse_id(argv[1], argvlen[1], &id) != 0) {
-        snprintf(msg, sizeof msg, "ERR usage: %.40s <job_id> <json> [MORE|RAW|PROGRESS|ERROR]",
-                 argv[0]);
+        snprintf(msg, sizeof msg,
+                 "ERR usage: %.40s <job_id> <json> [MORE|RAW|PROGRESS|CHECK|ERROR]", argv[0]);
         tp_resp_error(out, msg);
         return;
     }
@@ -261,8 +266,9 @@ static void on_answer_command(tempest_node *node, int argc, const char **argv,
         tp_resp_error(out, msg);
         return;
     }
-    if (kind == KIND_PROGRESS) {
-        extend_deadline(node, job);
+    if (kind == KIND_PROGRESS || kind == KIND_CHECK) {
+        if (kind == KIND_PROGRESS)
+            extend_deadline(node, job);
         tp_resp_status(out, "OK");
         return;
     }

@@ -121,6 +121,17 @@ void tp_node_cancelled(tempest_node *node, long long id);
  *  the table when its terminal event is delivered or it is cancelled. */
 void tp_node_finish(tempest_node *node, tp_pending *job);
 
+/** An event of the library's own subscribers only (never delivered to an
+ *  application's): Redis confirmed the subscription to `channel`; from now
+ *  on every message published to it arrives. */
+enum { TP_SUB_ACTIVE = 100 };
+
+/** Asks for TP_SUB_ACTIVE events on `s` (lib/worker.c's cancel watch). */
+void tp_subscriber_want_active(tempest_subscriber *s);
+
+/** True when Redis has confirmed the node's subscription to `channel`. */
+bool tp_subscription_active(const tempest_node *node, const char *channel, bool pattern);
+
 /** Frees the node's subscribe connection and channel table (node.c's
  *  destroy calls it; subscribers must be freed first). */
 void tp_pubsub_free(struct tp_pubsub *ps);

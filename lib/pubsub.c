@@ -48,6 +48,7 @@ struct tempest_subscriber {
     int refs;      /* deliveries in progress hold a reference */
     bool dead;     /* freed by its owner; released when refs drop to 0 */
     unsigned seen; /* tp_pubsub.generation when last told of an interruption */
+    bool active;   /* gets TP_SUB_ACTIVE events */
 };
 
 static size_t hash(const char *s, size_t len, bool pattern) {
@@ -157,7 +158,7 @@ static bool deliver(tp_pubsub *ps, chan *c, int what, const char *channel, const
     tempest_node *node = ps->node;
     tp_node_enter(node);
     for (size_t i = 0; i < n; i++)
-        if (!subs[i]->dead && !node->freeing)
+        if (!subs[i]->dead && !node->freeing && (what != TP_SUB_ACTIVE || subs[i]->active))
             subs[i]->fn(subs[i], what, channel, event, data, len, subs[i]->arg);
     for (size_t i = 0; i < n; i++)
         if (--subs[i]->refs == 0 && subs[i]->dead)
@@ -218,8 +219,10 @@ static void on_message(redisAsyncContext *ac, void *reply, void *privdata) {
         chan *c = e[1]->type == REDIS_REPLY_STRING
                       ? chan_get(ps, e[1]->str, e[1]->len, type[0] == 'p' || type[0] == 'P')
                       : NULL;
-        if (c && c->in_redis)
+        if (c && c->in_redis && !c->confirmed) {
             c->confirmed = true;
+            deliver(ps, c, TP_SUB_ACTIVE, c->name, NULL, NULL, 0);
+        }
     } else if (strcasecmp(type, "unsubscribe") == 0 || strcasecmp(type, "punsubscribe") == 0) {
         if (e[1]->type == REDIS_REPLY_STRING)
             unsubscribed(ps, e[1], type[0] == 'p' || type[0] == 'P');
@@ -325,6 +328,16 @@ TEMPEST_API size_t tempest_node_subscriptions(const tempest_node *node) {
         for (chan *c = ps->buckets[i]; c; c = c->next)
             n += c->confirmed;
     return n;
+}
+
+bool tp_subscription_active(const tempest_node *node, const char *channel, bool pattern) {
+    tp_pubsub *ps = node ? node->pubsub : NULL;
+    chan *c = ps ? chan_get(ps, channel, strlen(channel), pattern) : NULL;
+    return c != NULL && c->confirmed;
+}
+
+void tp_subscriber_want_active(tempest_subscriber *s) {
+    s->active = true;
 }
 
 /* ---- subscriber ------------------------------------------------------ */

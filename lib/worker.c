@@ -46,17 +46,29 @@ typedef struct peer {
     bool caps_known;  /* the listener answered INFO */
     bool raw;         /* ... and takes RAW answers */
     bool progress;    /* ... and PROGRESS reports */
+    bool check;       /* ... and CHECK questions */
 } peer;
 
 /* Unreplied bytes of one job's partial answers past which tempest_job_write
  * refuses (TEMPEST_EAGAIN); its drain callback runs at half of it. */
-enum { STREAM_WINDOW = 1 << 20, MAX_WATCHES = 256 };
+enum { STREAM_WINDOW = 1 << 20, MAX_WATCHES = 256, RECENT_CANCELS = 256 };
 
 /* A producer address whose cancel channel the worker subscribed to. */
 typedef struct watch {
     struct watch *next;
     char *addr;
+    bool active; /* Redis confirmed the subscription: no cancel is missed */
 } watch;
+
+/* A cancel heard for a job this worker did not hold (yet): it may still be
+ * in the queue. Direct-mapped by id; a hit only makes the worker ask. */
+typedef struct recent_cancel {
+    long long id;
+    uint32_t addr; /* hash of the producer's address */
+} recent_cancel;
+
+/* Whether a job must ask its producer if it is still wanted (CHECK). */
+enum { CHECK_NONE, CHECK_ON_SUB, CHECK_ON_CAPS };
 
 /* The keys of one queue for this worker (see lib/scripts.c). */
 typedef struct wqueue {
@@ -83,6 +95,7 @@ struct tempest_job {
     peer *own;      /* the job's stream connection, once it streams */
     size_t unacked; /* bytes of partial answers sent and not yet replied */
     bool canceled, want_drain, progress_wanted;
+    unsigned char check; /* CHECK_*: a cancel may have been missed */
     tempest_job_fn *on_cancel, *on_drain;
     void *cancel_arg, *drain_arg;
 };
@@ -111,6 +124,7 @@ struct tempest_worker {
     tempest_subscriber *cancel_sub; /* tempest:cancel:<producer>, once needed */
     watch *watches;
     int nwatches;
+    recent_cancel *recent;                   /* RECENT_CANCELS entries, once a cancel was heard */
     struct event *retry;                     /* take again after an error reply */
     struct event *flush;                     /* bound on waiting for answer replies at stop */
     struct event *heartbeat;                 /* presence refresh while no take is in flight */
@@ -799,7 +813,10 @@ static tempest_job *job_by_serial(tempest_worker *w, long long serial) {
     return NULL;
 }
 
-static void on_progress_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+/* The producer's reply to PROGRESS or CHECK: -CANCELED, or -ERR unknown
+ * job (it timed out, or the producer restarted), means nobody waits for
+ * the answer any more. */
+static void on_question_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     peer *p = ac->data;
     redisReply *rep = reply;
     if (p == NULL || rep == NULL)
@@ -809,14 +826,36 @@ static void on_progress_reply(redisAsyncContext *ac, void *reply, void *privdata
     w->answers_inflight--;
     check_finished(w);
     tempest_job *job = job_by_serial(w, (long long)(intptr_t)privdata);
-    if (job && is_cancel_error(rep))
+    if (job && rep->type == REDIS_REPLY_ERROR &&
+        (is_cancel_error(rep) || strncmp(rep->str, "ERR unknown job", 15) == 0))
         job_cancel(job, rep->str);
+}
+
+static void send_check(tempest_job *job, peer *p) {
+    if (p->check) /* an older producer cannot be asked: its answer reply tells */
+        send_to(p, job, "null", 4, "CHECK", on_question_reply, (void *)(intptr_t)job->serial);
+}
+
+static void peer_probe(peer *p);
+
+/* Asks the job's producer whether the job is still wanted, once the
+ * producer has told its features; a failure is the connection's (logged). */
+static void start_check(tempest_job *job) {
+    job->check = CHECK_NONE;
+    peer *p = job->parts.respond_to ? job_peer(job) : NULL;
+    if (p == NULL || job->canceled || job->abandoned)
+        return;
+    peer_probe(p);
+    if (p->caps_known)
+        send_check(job, p);
+    else
+        job->check = CHECK_ON_CAPS;
 }
 
 static int send_progress(tempest_job *job, peer *p) {
     if (!p->progress)
         return 0; /* an older producer: it would take the report for the answer */
-    return send_to(p, job, "null", 4, "PROGRESS", on_progress_reply, (void *)(intptr_t)job->serial);
+    return send_to(p, job, "null", 4, "PROGRESS", on_question_reply, (void *)(intptr_t)job->serial);
 }
 
 /* True when `list` (a comma-separated line of `n` bytes) holds `word`. */
@@ -848,6 +887,7 @@ static void on_peer_caps(redisAsyncContext *ac, void *reply, void *privdata) {
         size_t n = strcspn(f, "\r\n");
         p->raw = has_feature(f, n, "raw");
         p->progress = has_feature(f, n, "progress");
+        p->check = has_feature(f, n, "check");
     }
     p->caps_known = true;
     for (tempest_job *j = p->w->jobs; j; j = j->next) {
@@ -856,6 +896,10 @@ static void on_peer_caps(redisAsyncContext *ac, void *reply, void *privdata) {
         if (mine && j->progress_wanted) {
             j->progress_wanted = false;
             send_progress(j, p);
+        }
+        if (mine && j->check == CHECK_ON_CAPS) {
+            j->check = CHECK_NONE;
+            send_check(j, p);
         }
     }
     if (p->job)
@@ -875,16 +919,68 @@ static void peer_probe(peer *p) {
 
 static const char cancel_prefix[] = "tempest:cancel:";
 
-/* `PUBLISH tempest:cancel:<producer> ["<id>"]`: that producer gave up job id. */
+static uint32_t addr_hash(const char *addr) {
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (; *addr; addr++)
+        h = (h ^ (unsigned char)*addr) * 16777619u;
+    return h;
+}
+
+static recent_cancel *recent_slot(tempest_worker *w, long long id) {
+    return &w->recent[(unsigned long long)id % RECENT_CANCELS];
+}
+
+static bool recently_cancelled(tempest_worker *w, const char *addr, long long id) {
+    if (w->recent == NULL)
+        return false;
+    const recent_cancel *rc = recent_slot(w, id);
+    return rc->id == id && rc->addr == addr_hash(addr);
+}
+
+static watch *find_watch(tempest_worker *w, const char *addr) {
+    for (watch *wt = w->watches; wt; wt = wt->next)
+        if (strcmp(wt->addr, addr) == 0)
+            return wt;
+    return NULL;
+}
+
+/* Jobs of `addr` (every producer's when NULL) that wait for the cancel
+ * subscription ask their producer now; no cancel can be missed from here. */
+static void checks_after_sub(tempest_worker *w, const char *addr) {
+    for (tempest_job *j = w->jobs; j; j = j->next)
+        if (j->check == CHECK_ON_SUB && j->parts.respond_to &&
+            (addr == NULL || strcmp(j->parts.respond_to, addr) == 0))
+            start_check(j);
+}
+
+/* `PUBLISH tempest:cancel:<producer> ["<id>"]`: that producer gave up job id.
+ * A cancel can be missed before Redis confirms the subscription, and while
+ * the subscribe connection is down: the jobs taken meanwhile ask (CHECK). */
 static void on_cancel_message(tempest_subscriber *sub, int what, const char *channel,
                               const char *event, const char *data, size_t len, void *arg) {
     (void)sub, (void)event, (void)len;
     tempest_worker *w = arg;
     size_t plen = sizeof cancel_prefix - 1;
-    if (what != TEMPEST_SUB_MESSAGE || channel == NULL || data == NULL ||
-        strncmp(channel, cancel_prefix, plen) != 0)
+    if (what == TEMPEST_SUB_INTERRUPTED) {
+        for (watch *wt = w->watches; wt; wt = wt->next)
+            wt->active = false;
+        for (tempest_job *j = w->jobs; j; j = j->next)
+            if (j->parts.respond_to && j->check == CHECK_NONE && !j->canceled)
+                j->check = CHECK_ON_SUB;
+        return;
+    }
+    if (channel == NULL || strncmp(channel, cancel_prefix, plen) != 0)
         return;
     const char *addr = channel + plen;
+    if (what == TP_SUB_ACTIVE) {
+        watch *wt = find_watch(w, addr);
+        if (wt)
+            wt->active = true;
+        checks_after_sub(w, addr);
+        return;
+    }
+    if (what != TEMPEST_SUB_MESSAGE || data == NULL)
+        return;
     long long id = strtoll(data, NULL, 10);
     for (tempest_job *j = w->jobs; j; j = j->next) {
         if (j->parts.id == id && j->parts.respond_to && strcmp(j->parts.respond_to, addr) == 0) {
@@ -892,18 +988,25 @@ static void on_cancel_message(tempest_subscriber *sub, int what, const char *cha
             return;
         }
     }
+    /* Not held here: it may still be queued, for this worker to take. */
+    if (w->recent == NULL && (w->recent = tp_calloc(RECENT_CANCELS, sizeof *w->recent)) == NULL)
+        return;
+    *recent_slot(w, id) = (recent_cancel){.id = id, .addr = addr_hash(addr)};
 }
 
-/* Subscribes to the cancel channel of a producer (at most MAX_WATCHES). */
-static void watch_producer(tempest_worker *w, const char *addr) {
-    for (watch *wt = w->watches; wt; wt = wt->next)
-        if (strcmp(wt->addr, addr) == 0)
-            return;
+/* Subscribes to the cancel channel of a producer (at most MAX_WATCHES);
+ * returns its watch, or NULL. */
+static watch *watch_producer(tempest_worker *w, const char *addr) {
+    watch *found = find_watch(w, addr);
+    if (found)
+        return found;
     if (w->nwatches >= MAX_WATCHES)
-        return; /* such jobs learn of a cancel from their next answer's reply */
-    if (w->cancel_sub == NULL &&
-        (w->cancel_sub = tempest_subscriber_new(w->node, on_cancel_message, w, NULL)) == NULL)
-        return;
+        return NULL; /* such jobs ask once, then learn from their answer's reply */
+    if (w->cancel_sub == NULL) {
+        if ((w->cancel_sub = tempest_subscriber_new(w->node, on_cancel_message, w, NULL)) == NULL)
+            return NULL;
+        tp_subscriber_want_active(w->cancel_sub);
+    }
     char *channel = tp_malloc(sizeof cancel_prefix + strlen(addr));
     watch *wt = tp_calloc(1, sizeof *wt);
     if (channel)
@@ -914,12 +1017,15 @@ static void watch_producer(tempest_worker *w, const char *addr) {
         if (wt)
             free(wt->addr);
         free(wt);
-        return;
+        return NULL;
     }
+    /* Another worker of this node may have subscribed to it already. */
+    wt->active = tp_subscription_active(w->node, channel, false);
     free(channel);
     wt->next = w->watches;
     w->watches = wt;
     w->nwatches++;
+    return wt;
 }
 
 static void free_watches(tempest_worker *w) {
@@ -932,6 +1038,8 @@ static void free_watches(tempest_worker *w) {
         free(wt);
     }
     w->nwatches = 0;
+    free(w->recent);
+    w->recent = NULL;
 }
 
 /* Sends one partial answer on the job's stream connection. */
@@ -1176,13 +1284,23 @@ static tempest_job *job_new(tempest_worker *w, int qi, tp_job_parts *parts, cons
     job->queue = qi;
     job->parts = *parts;
     job->serial = ++w->next_job_serial;
-    if (parts->respond_to)
-        watch_producer(w, parts->respond_to);
     job->next = w->jobs;
     if (w->jobs)
         w->jobs->prev = job;
     w->jobs = job;
     w->in_hand++;
+    if (parts->respond_to) {
+        /* A cancel published before the subscription was active is missed:
+         * such a job asks its producer once it is; so does one whose cancel
+         * was heard before it was taken. */
+        watch *wt = watch_producer(w, parts->respond_to);
+        if (wt == NULL)
+            start_check(job);
+        else if (!wt->active)
+            job->check = CHECK_ON_SUB;
+        else if (recently_cancelled(w, parts->respond_to, parts->id))
+            start_check(job);
+    }
     return job;
 }
 

@@ -375,7 +375,7 @@ static void test_builtins(void **state) {
 static void assert_info(const char *in, bool all) {
     static const char server[] = "# Server\r\nredis_version:7.0.0\r\n"
                                  "tempest_version:" TEMPEST_VERSION_STRING "\r\n"
-                                 "tempest_features:raw,progress,cancel\r\n"
+                                 "tempest_features:raw,progress,cancel,check\r\n"
                                  "redis_mode:standalone\r\n";
     struct evbuffer *out = evbuffer_new();
     tp_session *s = tp_session_new(NULL, NULL, NULL);

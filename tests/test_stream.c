@@ -31,6 +31,9 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
 #include <jansson.h>
 #include <tempest/tempest.h>
 
@@ -219,6 +222,8 @@ typedef struct fx {
     char *answer;
     long long answered_at;
     struct event *tick;
+    tempest_job *held[4]; /* h_collect's jobs, in the order taken */
+    int nheld;
     long long rss_base, rss_peak;
     struct event *rss_ev;
 } fx;
@@ -561,6 +566,185 @@ static void test_cancel_told_once(void **state) {
     f->job = NULL;
 }
 
+/* ---- cancels the subscription could not hear ------------------------- */
+
+static bool produced(void *arg) {
+    return ((fx *)arg)->status != 99;
+}
+
+/* A cancelled job's callback never runs. */
+static void on_second(tempest_node *node, long long id, int status, json_t *answer, void *arg) {
+    (void)node, (void)id, (void)status, (void)answer, (void)arg;
+    fail_msg("the callback of a cancelled job ran");
+}
+
+static void h_collect(tempest_worker *w, tempest_job *job, void *arg) {
+    (void)w;
+    fx *f = arg;
+    assert_true(f->nheld < 4);
+    f->held[f->nheld++] = job;
+    tempest_job_on_cancel(job, on_cancel, f);
+}
+
+static void start_collector(fx *f) {
+    tempest_error err = {0};
+    f->wnode = new_node(f);
+    tempest_worker_options wo = {.concurrency = 1};
+    f->worker = tempest_worker_new(f->wnode, &wo, &err);
+    assert_non_null(f->worker);
+    assert_int_equal(tempest_worker_on(f->worker, "long", h_collect, f), 0);
+    assert_int_equal(tempest_worker_start(f->worker), 0);
+}
+
+typedef struct want {
+    fx *f;
+    int held, cancels;
+    bool subscribed;
+} want;
+
+static bool wanted(void *arg) {
+    want *w = arg;
+    return w->f->nheld >= w->held && w->f->cancels >= w->cancels &&
+           (!w->subscribed || tempest_node_subscriptions(w->f->wnode) > 0);
+}
+
+/* Ends a job the worker holds; returns what tempest_job_answer said. */
+static int end_job(tempest_job *job) {
+    json_t *a = json_string("done");
+    int rc = tempest_job_answer(job, a, false);
+    json_decref(a);
+    return rc;
+}
+
+/* A job cancelled while still queued, before the worker ever subscribed to
+ * its producer's channel (the cancel went to nobody): once the subscription
+ * is active the worker asks the producer (CHECK) and learns it. */
+static void test_cancelled_before_subscription(void **state) {
+    fx *f = *state;
+    f->pnode = new_node(f);
+    f->status = 99;
+    f->job_id = tempest_work(f->pnode, "tempest", "long", NULL, NULL, on_produced, f);
+    assert_true(f->job_id > 0);
+    assert_int_equal(tempest_work_cancel(f->pnode, f->job_id), 0);
+    tt_run_for(f->base, 50); /* the PUBLISH is out, heard by nobody */
+    start_collector(f);
+    want w = {f, 1, 1, false};
+    assert_true(tt_run_until(f->base, wanted, &w, WAIT_MS));
+    assert_false(tempest_job_active(f->held[0]));
+    assert_int_equal(f->cancels, 1);
+    assert_int_equal(end_job(f->held[0]), TEMPEST_ECANCELED);
+    assert_int_equal(tempest_worker_in_hand(f->worker), 0);
+    assert_int_equal(f->status, 99);
+}
+
+/* A worker subscribed to the producer hears the cancel of a job it has not
+ * taken yet (it is busy): when it takes that job later, it asks, and the
+ * job is inactive from the start; the job before it is unaffected. */
+static void test_cancel_heard_while_queued(void **state) {
+    fx *f = *state;
+    f->pnode = new_node(f);
+    start_collector(f);
+    f->status = 99;
+    long long a = tempest_work(f->pnode, "tempest", "long", NULL, NULL, on_produced, f);
+    assert_true(a > 0);
+    want w = {f, 1, 0, true};
+    assert_true(tt_run_until(f->base, wanted, &w, WAIT_MS));
+    long long b = tempest_work(f->pnode, "tempest", "long", NULL, NULL, on_second, f);
+    assert_true(b > 0);
+    tt_run_for(f->base, 100);
+    assert_int_equal(f->nheld, 1); /* concurrency 1: b waits in the queue */
+    assert_int_equal(tt_redis_int(&g_redis, "LLEN tempest"), 1);
+    assert_int_equal(tempest_work_cancel(f->pnode, b), 0);
+    tt_run_for(f->base, 100); /* the worker hears it, for a job it does not hold */
+    assert_int_equal(f->cancels, 0);
+    assert_int_equal(end_job(f->held[0]), 0);
+    w = (want){f, 2, 1, false};
+    assert_true(tt_run_until(f->base, wanted, &w, WAIT_MS));
+    assert_false(tempest_job_active(f->held[1]));
+    assert_int_equal(end_job(f->held[1]), TEMPEST_ECANCELED);
+    assert_true(tt_run_until(f->base, produced, f, WAIT_MS));
+    assert_int_equal(f->status, 0); /* the first job was answered */
+    assert_int_equal(f->cancels, 1);
+}
+
+/* The subscribe connection is cut, and the cancel is published while it is
+ * down: after it is back, the worker asks about the jobs it holds. */
+static void test_cancel_while_unsubscribed(void **state) {
+    fx *f = *state;
+    f->pnode = new_node(f);
+    start_collector(f);
+    f->status = 99;
+    f->job_id = tempest_work(f->pnode, "tempest", "long", NULL, NULL, on_produced, f);
+    want w = {f, 1, 0, true};
+    assert_true(tt_run_until(f->base, wanted, &w, WAIT_MS));
+    assert_true(tempest_job_active(f->held[0]));
+    assert_int_equal(tt_redis_int(&g_redis, "CLIENT KILL TYPE pubsub"), 1);
+    assert_int_equal(tempest_work_cancel(f->pnode, f->job_id), 0);
+    w = (want){f, 1, 1, true};
+    assert_true(tt_run_until(f->base, wanted, &w, WAIT_MS));
+    assert_false(tempest_job_active(f->held[0]));
+    assert_int_equal(end_job(f->held[0]), TEMPEST_ECANCELED);
+    assert_int_equal(f->status, 99);
+}
+
+/* CHECK on the wire (any Redis client can ask): +OK for a job that is
+ * waiting, and the deadline does not start again; -CANCELED once it timed
+ * out; -ERR unknown job for an id never sent. */
+typedef struct wire {
+    char text[160];
+    bool done;
+} wire;
+
+static void on_wire(redisAsyncContext *ac, void *reply, void *privdata) {
+    (void)ac;
+    redisReply *r = reply;
+    wire *w = privdata;
+    snprintf(w->text, sizeof w->text, "%s%s",
+             r == NULL                      ? "(none)"
+             : r->type == REDIS_REPLY_ERROR ? "-"
+                                            : "+",
+             r && r->str ? r->str : "");
+    w->done = true;
+}
+
+static bool wire_done(void *arg) {
+    return ((wire *)arg)->done;
+}
+
+static const char *ask(fx *f, redisAsyncContext *ac, const char *fmt, long long id) {
+    static wire w;
+    w = (wire){{0}, false};
+    assert_int_equal(redisAsyncCommand(ac, on_wire, &w, fmt, id), REDIS_OK);
+    assert_true(tt_run_until(f->base, wire_done, &w, WAIT_MS));
+    return w.text;
+}
+
+static void test_check_on_the_wire(void **state) {
+    fx *f = *state;
+    f->pnode = new_node(f);
+    f->status = 99;
+    tempest_work_options wo = {.timeout_ms = 600};
+    f->job_id = tempest_work(f->pnode, "tempest", "long", NULL, &wo, on_produced, f);
+    assert_true(f->job_id > 0);
+    const char *addr = tempest_node_address(f->pnode);
+    assert_non_null(addr);
+    int port = atoi(strrchr(addr, ':') + 1);
+    redisAsyncContext *ac = redisAsyncConnect("127.0.0.1", port);
+    assert_non_null(ac);
+    assert_int_equal(redisLibeventAttach(ac, f->base), REDIS_OK);
+    long long t0 = tt_now_ms();
+    while (f->status == 99 && tt_now_ms() - t0 < 3000) {
+        if (f->status == 99)
+            assert_string_equal(ask(f, ac, "long %lld null CHECK", f->job_id), "+OK");
+        tt_run_for(f->base, 100);
+    }
+    /* Asked every 100 ms, it still timed out: CHECK is no sign of life. */
+    assert_int_equal(f->status, TEMPEST_ETIMEDOUT);
+    assert_true(strncmp(ask(f, ac, "long %lld null CHECK", f->job_id), "-CANCELED", 9) == 0);
+    assert_true(strncmp(ask(f, ac, "long %lld null CHECK", 4242), "-ERR unknown job", 16) == 0);
+    redisAsyncFree(ac);
+}
+
 /* ---- progress ------------------------------------------------------- */
 
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
@@ -589,10 +773,6 @@ static void h_slow(tempest_worker *w, tempest_job *job, void *arg) {
     struct timeval tv = {0, 200000};
     f->tick = event_new(f->base, -1, EV_PERSIST, on_tick, f);
     event_add(f->tick, &tv);
-}
-
-static bool produced(void *arg) {
-    return ((fx *)arg)->status != 99;
 }
 
 /* A 500 ms deadline, and a job that takes 3 s but reports every 200 ms:
@@ -642,6 +822,10 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_client_leaves_mid_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_producer_cancels, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_told_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancelled_before_subscription, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_heard_while_queued, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_while_unsubscribed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_check_on_the_wire, setup, teardown),
         cmocka_unit_test_setup_teardown(test_progress_keeps_alive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_progress_times_out, setup, teardown),
     };

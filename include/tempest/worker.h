@@ -249,7 +249,10 @@ TEMPEST_API int tempest_job_on_drain(tempest_job *job, tempest_job_fn *fn, void 
  * deadline passed, or the connection a stream went on was lost; also
  * false for a job requeued at stop. The worker learns it from the
  * producer's Redis channel `tempest:cancel:<respond_to>` (at once, even
- * while the handler has sent nothing) and from the `-CANCELED` reply to
+ * while the handler has sent nothing), from asking the producer when that
+ * channel may have missed the cancel (the job was cancelled while queued,
+ * or the subscription was not yet active or was interrupted:
+ * docs/protocol.md, "Cancellation"), and from the `-CANCELED` reply to
  * any answer or progress report. Answers to an inactive job are refused
  * with TEMPEST_ECANCELED. The job stays in hand until it is finished. A
  * NULL job is not active.
