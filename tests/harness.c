@@ -623,14 +623,16 @@ static int tt_cluster_form(tt_redis *nodes, int n) {
     return -1;
 }
 
+static const char *const tt_cluster_extra[] = {"--cluster-enabled",
+                                               "yes",
+                                               "--cluster-config-file",
+                                               "nodes.conf",
+                                               "--cluster-node-timeout",
+                                               "5000",
+                                               NULL};
+
 int tt_cluster_start(tt_redis *nodes, int n, char *url, size_t urlsize) {
-    static const char *const extra[] = {"--cluster-enabled",
-                                        "yes",
-                                        "--cluster-config-file",
-                                        "nodes.conf",
-                                        "--cluster-node-timeout",
-                                        "5000",
-                                        NULL};
+    const char *const *extra = tt_cluster_extra;
     int started = 0;
     size_t len = (size_t)snprintf(url, urlsize, "redis+cluster://");
     if (n < 1 || n > 16)
@@ -764,4 +766,26 @@ static bool tt_never(void *arg) {
 
 void tt_run_for(struct event_base *base, int ms) {
     (void)tt_run_until(base, tt_never, NULL, ms);
+}
+
+int tt_cluster_add_replica(tt_redis *replica, const tt_redis *master) {
+    char id[64], text[4096];
+    if (tt_cmd_text(master->port, id, sizeof id, "CLUSTER MYID") != 0 ||
+        tt_redis_start(replica, tt_cluster_extra) != 0)
+        return -1;
+    long long deadline = tt_now_ms() + 20000;
+    int rc =
+        tt_cmd_text(replica->port, text, sizeof text, "CLUSTER MEET 127.0.0.1 %d", master->port);
+    /* REPLICATE needs the master known by gossip: it says "Unknown node" until then. */
+    while (rc == 0 &&
+           tt_cmd_text(replica->port, text, sizeof text, "CLUSTER REPLICATE %s", id) != 0)
+        rc = tt_now_ms() < deadline ? (tt_sleep_ms(50), 0) : -1;
+    while (rc == 0 && (tt_cmd_text(replica->port, text, sizeof text, "INFO replication") != 0 ||
+                       strstr(text, "master_link_status:up") == NULL))
+        rc = tt_now_ms() < deadline ? (tt_sleep_ms(50), 0) : -1;
+    if (rc != 0) {
+        fprintf(stderr, "harness: the replica of port %d did not sync\n", master->port);
+        tt_redis_stop(replica);
+    }
+    return rc;
 }

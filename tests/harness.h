@@ -65,6 +65,13 @@ int tt_sentinel_start(tt_redis *r, const char *name, int master_port);
 int tt_cluster_start(tt_redis *nodes, int n, char *url, size_t urlsize);
 
 /**
+ * Starts a cluster-enabled server as a replica of `master` (a node of a
+ * cluster tt_cluster_start made): MEET, REPLICATE, and waits (up to 20 s)
+ * until its link to the master is up. Returns 0, or -1 (it is stopped).
+ */
+int tt_cluster_add_replica(tt_redis *replica, const tt_redis *master);
+
+/**
  * Runs a synchronous command on the server (hiredis, blocking; test only)
  * and returns the reply as an integer (for :N replies), or the length of a
  * list/array reply, or -1 on error. `fmt` as redisCommand.

@@ -343,14 +343,20 @@ typedef struct load {
     long long submitted, answered, failed, extra;
     long long limit; /* submit up to this many jobs */
     int inflight;
-    unsigned char *calls; /* callbacks per job id */
-    long long *ids;       /* job id -> sequence number, for the answers */
+    unsigned char *phase; /* job id -> phase_now when it was submitted (or NULL) */
+    unsigned char phase_now;
+    long long failed_late;          /* failures of jobs submitted in a phase > 0 */
+    long long timed_out, down, err; /* failures by kind */
+    bool quiet;                     /* failures are counted, not printed */
+    int timeout_ms;                 /* of each job; 0: 30 s */
+    unsigned char *calls;           /* callbacks per job id */
+    long long *ids;                 /* job id -> sequence number, for the answers */
 } load;
 
 static void on_answer(tempest_node *node, long long id, int status, json_t *answer, void *arg);
 
 static void fill(load *l) {
-    tempest_work_options wo = {.timeout_ms = 30000};
+    tempest_work_options wo = {.timeout_ms = l->timeout_ms ? l->timeout_ms : 30000};
     while (l->inflight < WINDOW && l->submitted < l->limit) {
         char queue[16];
         snprintf(queue, sizeof queue, "cq%lld", l->submitted % NQUEUES);
@@ -362,6 +368,8 @@ static void fill(load *l) {
             return;
         }
         assert_true(id < 2 * MAXJOBS);
+        if (l->phase)
+            l->phase[id] = l->phase_now;
         l->submitted++;
         l->inflight++;
     }
@@ -379,8 +387,16 @@ static void on_answer(tempest_node *node, long long id, int status, json_t *answ
     if (status == 0)
         l->answered++;
     else {
-        fprintf(stderr, "job %lld: %s\n", id, tempest_strerror(status));
+        if (!l->quiet)
+            fprintf(stderr, "job %lld: %s\n", id, tempest_strerror(status));
         l->failed++;
+        l->failed_late += l->phase && l->phase[id] > 0;
+        if (status == TEMPEST_ETIMEDOUT)
+            l->timed_out++;
+        else if (status == TEMPEST_EDOWN)
+            l->down++;
+        else
+            l->err++;
     }
     fill(l);
 }
@@ -494,6 +510,127 @@ static void test_reshard_under_load(void **state) {
     tempest_node_free(wnode);
     tempest_node_free(l.node);
     free(l.calls);
+}
+
+/* ---- a master killed under load, its replica promoted ------------------ */
+
+typedef struct failover {
+    load *l;
+    const tt_redis *replica;
+    long long next_check;
+} failover;
+
+/* The load goes on (tempest_work fails fast while the handle is DOWN, so
+ * the window is refilled here too) until the replica says it is master. */
+static bool promoted(void *arg) {
+    failover *fo = arg;
+    fill(fo->l);
+    if (tt_now_ms() < fo->next_check)
+        return false;
+    fo->next_check = tt_now_ms() + 50;
+    redisReply *r = cmd(fo->replica, "ROLE");
+    bool master = r && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+                  r->element[0]->type == REDIS_REPLY_STRING &&
+                  strcmp(r->element[0]->str, "master") == 0;
+    freeReplyObject(r);
+    return master;
+}
+
+typedef struct both {
+    tempest_node *a, *b;
+    load *l;
+} both;
+
+static bool both_up(void *arg) {
+    both *x = arg;
+    fill(x->l);
+    return tempest_node_state(x->a) == TEMPEST_NODE_UP &&
+           tempest_node_state(x->b) == TEMPEST_NODE_UP;
+}
+
+static bool reached_filling(void *arg) {
+    target *t = arg;
+    fill(t->l);
+    return reached(arg);
+}
+
+/* Every master gets a replica; master 0 is SIGKILLed in the middle of a
+ * load over 50 queues. Its replica is promoted, the producer's and the
+ * workers' handles follow it, and the load goes on: jobs in flight at the
+ * kill may fail fast (EDOWN) or be lost (replication is asynchronous: their
+ * producer times out); every job submitted after the handles are back is
+ * answered. Runs last: it leaves the cluster without master 0. */
+static void test_failover_under_load(void **state) {
+    fixture *f = *state;
+    tt_redis replicas[NMASTERS];
+    for (int m = 0; m < NMASTERS; m++)
+        assert_int_equal(tt_cluster_add_replica(&replicas[m], &f->nodes[m]), 0);
+    for (int m = 0; m < NMASTERS; m++) { /* fail over in about 2 s, not 6 */
+        assert_int_equal(tt_redis_int(&f->nodes[m], "CONFIG SET cluster-node-timeout 1000"), 0);
+        assert_int_equal(tt_redis_int(&replicas[m], "CONFIG SET cluster-node-timeout 1000"), 0);
+    }
+    load l = {.f = f,
+              .calls = calloc(2 * MAXJOBS, 1),
+              .phase = calloc(2 * MAXJOBS, 1),
+              .limit = MAXJOBS,
+              .quiet = true,
+              .timeout_ms = 8000};
+    assert_true(l.calls && l.phase);
+    l.node = cluster_node(f, f->url);
+    tempest_node *wnode = cluster_node(f, f->url);
+    assert_true(tt_run_until(f->base, node_up, l.node, 5000));
+    assert_true(tt_run_until(f->base, node_up, wnode, 5000));
+    tempest_worker *w[NQUEUES];
+    for (int q = 0; q < NQUEUES; q++) {
+        char name[16];
+        snprintf(name, sizeof name, "cq%d", q);
+        tempest_worker_options wo = {.queue = name, .concurrency = 8, .block_timeout_ms = 200};
+        w[q] = tempest_worker_new(wnode, &wo, NULL);
+        assert_non_null(w[q]);
+        assert_int_equal(tempest_worker_on(w[q], "echo", h_echo, NULL), 0);
+        assert_int_equal(tempest_worker_start(w[q]), 0);
+    }
+    fill(&l);
+    target t = {&l, 3000};
+    assert_true(tt_run_until(f->base, reached_filling, &t, 60000));
+
+    long long killed_at = tt_now_ms(), answered_before = l.answered;
+    tt_redis_kill(&f->nodes[0]);
+    failover fo = {&l, &replicas[0], 0};
+    assert_true(tt_run_until(f->base, promoted, &fo, 30000));
+    long long promoted_at = tt_now_ms();
+    both b = {l.node, wnode, &l};
+    assert_true(tt_run_until(f->base, both_up, &b, 30000));
+    long long up_at = tt_now_ms();
+    fprintf(stderr,
+            "master 0 killed after %lld answers; replica promoted %lld ms later; handles "
+            "UP %lld ms after that; %lld answered meanwhile\n",
+            answered_before, promoted_at - killed_at, up_at - promoted_at,
+            l.answered - answered_before);
+
+    /* Everything submitted from now on must be answered. */
+    l.phase_now = 1;
+    l.limit = l.submitted + NJOBS / 10;
+    fill(&l);
+    t.n = l.limit;
+    assert_true(tt_run_until(f->base, reached_filling, &t, 60000));
+    fprintf(stderr,
+            "failover: %lld jobs, %lld answered, %lld failed fast (EDOWN), %lld lost "
+            "(timed out), %lld other errors, %lld duplicate callbacks\n",
+            l.limit, l.answered, l.down, l.timed_out, l.err, l.extra);
+    assert_int_equal(l.answered + l.failed, l.limit);
+    assert_int_equal(l.failed_late, 0);
+    assert_int_equal(l.extra, 0);
+    assert_true(l.failed <= 2 * WINDOW); /* only jobs around the kill */
+
+    for (int q = 0; q < NQUEUES; q++)
+        tempest_worker_free(w[q]);
+    tempest_node_free(wnode);
+    tempest_node_free(l.node);
+    for (int m = 0; m < NMASTERS; m++)
+        tt_redis_stop(&replicas[m]);
+    free(l.calls);
+    free(l.phase);
 }
 
 /* ---- a worker of several queues on several masters --------------------- */
@@ -664,6 +801,7 @@ int main(void) {
         cmocka_unit_test(test_reshard_under_load),
         cmocka_unit_test(test_multi_queue_worker),
         cmocka_unit_test(test_pubsub_across_masters),
+        cmocka_unit_test(test_failover_under_load),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
