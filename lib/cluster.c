@@ -236,6 +236,15 @@ static void on_state_ev(evutil_socket_t fd, short what, void *arg) {
         tp_redis_set_state(cl->facade, TEMPEST_NODE_DOWN, cl->why);
 }
 
+/* Not UP yet, and why: a handle still CONNECTING becomes DOWN with that
+ * reason (what tempest_node_errstr() and the examples print). */
+static void note_why(tp_cluster *cl, const char *why) {
+    if (cl->up)
+        return;
+    snprintf(cl->why, sizeof cl->why, "%s", why);
+    event_active(cl->state_ev, EV_TIMEOUT, 0);
+}
+
 /* UP when the map is known and every master's connection is up. */
 static void update_state(tp_cluster *cl, const char *why) {
     bool up = cl->mapped && cl->nnodes > 0;
@@ -251,6 +260,12 @@ static void on_conn_state(tp_redis *r, int state, const char *reason, void *arg)
             refresh(cl);
         else if (state == TEMPEST_NODE_DOWN && !evtimer_pending(cl->seed_ev, NULL))
             arm(cl->seed_ev, 0);
+        if (state == TEMPEST_NODE_DOWN) {
+            char why[300];
+            snprintf(why, sizeof why, "seed %s:%d: %s", cl->seed_host ? cl->seed_host : "?",
+                     cl->seed_port, reason ? reason : "down");
+            note_why(cl, why);
+        }
         return;
     }
     int i = node_of(cl, r);
@@ -435,10 +450,13 @@ static void on_slots(redisAsyncContext *ac, void *reply, void *privdata) {
     bool ok = rep != NULL && from != NULL && apply_map(cl, rep, from);
     free(from);
     if (!ok) {
-        tp_log(cl->log, TEMPEST_LOG_WARN, "redis cluster: CLUSTER SLOTS failed: %s",
-               rep == NULL                      ? "connection lost"
-               : rep->type == REDIS_REPLY_ERROR ? rep->str
-                                                : "no slots");
+        char why[300];
+        snprintf(why, sizeof why, "CLUSTER SLOTS failed: %s",
+                 rep == NULL                      ? "connection lost"
+                 : rep->type == REDIS_REPLY_ERROR ? rep->str
+                                                  : "no slots");
+        tp_log(cl->log, TEMPEST_LOG_WARN, "redis cluster: %s", why);
+        note_why(cl, why);
         if (!evtimer_pending(cl->refresh_ev, NULL)) {
             arm(cl->refresh_ev, cl->timing.reconnect_min_ms);
         }

@@ -3,7 +3,8 @@
  * Node presence (presence.h) and the monitor's read of a namespace
  * (tempest_cluster_status). Both are one script call each: the beat writes
  * the node's record, the status read returns every live record with the
- * queues and services they name.
+ * queues and services they name. In Redis Cluster mode those keys live in
+ * different slots, so the status read takes steps (see "Cluster mode").
  */
 #include <event2/event.h>
 #include <stdio.h>
@@ -36,6 +37,7 @@ typedef struct status_req {
     json_t *snapshot;
     int status;
     char *ns;
+    int waiting; /* Redis Cluster mode: replies still to come */
 } status_req;
 
 typedef struct tp_presence {
@@ -364,16 +366,219 @@ static void on_status_reply(redisAsyncContext *ac, void *reply, void *privdata) 
     event_active(q->ev, EV_TIMEOUT, 0);
 }
 
+/* ---- tempest_cluster_status in Redis Cluster mode ----------------------- */
+
+/* The live ids (one script on the nodes key), their records (HMGET on the
+ * records' master), then one read per queue (TP_SCRIPT_QUEUE_STATS in the
+ * queue's slot) and per service (ZRANGEBYSCORE), all in flight together;
+ * the last reply completes the snapshot. It is not one atomic read: a
+ * queue's counts are each read atomically, at slightly different times. */
+
+typedef struct status_part {
+    status_req *q;
+    json_t *target; /* the queue or service this reply fills (in q->snapshot) */
+} status_part;
+
+static void part_done(status_req *q) {
+    if (--q->waiting > 0)
+        return;
+    if (q->status != 0) {
+        json_decref(q->snapshot);
+        q->snapshot = NULL;
+    }
+    event_active(q->ev, EV_TIMEOUT, 0);
+}
+
+/* A reply the snapshot cannot use: the first failure is the status. */
+static void part_failed(status_req *q, int status, const char *what) {
+    if (what != NULL)
+        tp_node_errorf(q->node, "status: %s", what);
+    if (q->status == 0)
+        q->status = status;
+}
+
+static int status_of(const redisReply *rep) {
+    return rep == NULL ? TEMPEST_EDOWN : rep->type == REDIS_REPLY_ERROR ? TEMPEST_EREDIS : 0;
+}
+
+static void on_part_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    status_part *part = privdata;
+    status_req *q = part->q;
+    json_t *target = part->target;
+    free(part);
+    if (tp_redis_from(ac) == NULL)
+        return; /* the node is gone, and the request with it */
+    redisReply *rep = reply;
+    if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
+        /* One queue or service that cannot be read (a record naming keys
+         * of two slots, say) does not spoil the rest of the snapshot. */
+        json_object_set_new(target, "error", json_stringn(rep->str, rep->len));
+    } else if (rep == NULL) {
+        part_failed(q, TEMPEST_EDOWN, NULL);
+    } else if (json_object_get(target, "responders") != NULL) {
+        json_t *ids = json_object_get(target, "responders");
+        for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++)
+            if (rep->element[i]->type == REDIS_REPLY_STRING)
+                json_array_append_new(ids,
+                                      json_stringn(rep->element[i]->str, rep->element[i]->len));
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 4) {
+        static const char *const names[] = {"ready", "processing", "dead", "workers"};
+        for (size_t i = 0; i < 4; i++)
+            json_object_set_new(target, names[i], json_integer(rep->element[i]->integer));
+    } else {
+        part_failed(q, TEMPEST_EPROTO, "unexpected reply");
+    }
+    part_done(q);
+}
+
+/* Sends one read that fills `target`; counts it in q->waiting. */
+static void send_part(status_req *q, json_t *target, int script, int argc, const char **argv) {
+    status_part *part = tp_malloc(sizeof *part);
+    if (part == NULL) {
+        part_failed(q, TEMPEST_ENOMEM, NULL);
+        return;
+    }
+    *part = (status_part){q, target};
+    tp_redis *r = q->node->redis;
+    int rc = script >= 0 ? tp_redis_script(r, on_part_reply, part, script, 2, 2, argv, NULL)
+                         : tp_redis_argv(r, on_part_reply, part, argc, argv, NULL);
+    if (rc != 0) {
+        free(part);
+        part_failed(q, rc, NULL);
+        return;
+    }
+    q->waiting++;
+}
+
+/* The queues and services a record names, each read once. */
+static void read_named(status_req *q, json_t *rec, json_t *seen, long long now) {
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(rec, "queues"), i, v) {
+        const char *name = json_string_value(json_object_get(v, "name"));
+        const char *dead = json_string_value(json_object_get(v, "dead"));
+        char *key = name ? tp_malloc(strlen(name) + 8) : NULL;
+        if (key == NULL)
+            continue;
+        sprintf(key, "q %s", name);
+        json_t *queue = json_object_get(seen, key) ? NULL : json_pack("{s:s}", "name", name);
+        if (queue != NULL && json_object_set_new(seen, key, json_true()) == 0 &&
+            json_array_append_new(json_object_get(q->snapshot, "queues"), queue) == 0) {
+            sprintf(key, "{%s}:dead", name);
+            const char *argv[] = {name, dead ? dead : key};
+            send_part(q, queue, TP_SCRIPT_QUEUE_STATS, 2, argv);
+        }
+        free(key);
+    }
+    json_array_foreach(json_object_get(rec, "services"), i, v) {
+        const char *name = json_string_value(json_object_get(v, "service"));
+        const char *ns = json_string_value(json_object_get(v, "namespace"));
+        char *key = name && ns ? tp_malloc(strlen(name) + strlen(ns) + 16) : NULL;
+        if (key == NULL)
+            continue;
+        sprintf(key, "s %s %s", ns, name);
+        json_t *svc = json_object_get(seen, key) ? NULL
+                                                 : json_pack("{s:s,s:s,s:[]}", "service", name,
+                                                             "namespace", ns, "responders");
+        if (svc != NULL && json_object_set_new(seen, key, json_true()) == 0 &&
+            json_array_append_new(json_object_get(q->snapshot, "services"), svc) == 0) {
+            char min[24];
+            snprintf(min, sizeof min, "%lld", now);
+            sprintf(key, "tempest:%s:svc:%s", ns, name);
+            const char *argv[] = {"ZRANGEBYSCORE", key, min, "+inf"};
+            send_part(q, svc, -1, 4, argv);
+        }
+        free(key);
+    }
+}
+
+static void on_records_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    if (tp_redis_from(ac) == NULL)
+        return;
+    status_req *q = privdata;
+    redisReply *rep = reply;
+    int st = status_of(rep);
+    if (st != 0 || rep->type != REDIS_REPLY_ARRAY) {
+        part_failed(q, st ? st : TEMPEST_EPROTO, rep ? rep->str : NULL);
+        part_done(q);
+        return;
+    }
+    json_t *seen = json_object();
+    json_t *nodes = json_object_get(q->snapshot, "nodes");
+    long long now = json_integer_value(json_object_get(q->snapshot, "time_ms"));
+    q->waiting++; /* this reply's own share, released below */
+    for (size_t i = 0; i < rep->elements && seen != NULL; i++) {
+        json_t *rec = decode(rep->element[i]);
+        if (json_is_object(rec)) {
+            json_array_append(nodes, rec);
+            read_named(q, rec, seen, now);
+        }
+        json_decref(rec);
+    }
+    json_decref(seen);
+    q->waiting--;
+    part_done(q);
+}
+
+static void on_live_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    if (tp_redis_from(ac) == NULL)
+        return;
+    status_req *q = privdata;
+    redisReply *rep = reply;
+    int st = status_of(rep);
+    if (st != 0 || rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 ||
+        rep->element[0]->type != REDIS_REPLY_INTEGER) {
+        part_failed(q, st ? st : TEMPEST_EPROTO, rep ? rep->str : "unexpected reply");
+        part_done(q);
+        return;
+    }
+    q->snapshot = json_pack("{s:s,s:I,s:[],s:[],s:[]}", "namespace", q->ns, "time_ms",
+                            (json_int_t)rep->element[0]->integer, "nodes", "queues", "services");
+    size_t n = rep->elements - 1;
+    char *records = key_of(q->ns, "nodes:records");
+    const char **argv = tp_malloc((n + 2) * sizeof *argv);
+    size_t *lens = tp_malloc((n + 2) * sizeof *lens);
+    int rc = TEMPEST_ENOMEM;
+    if (n == 0 && q->snapshot != NULL) {
+        rc = 0; /* nobody is live: the empty snapshot is the answer */
+    } else if (q->snapshot != NULL && records != NULL && argv != NULL && lens != NULL) {
+        argv[0] = "HMGET", lens[0] = 5;
+        argv[1] = records, lens[1] = strlen(records);
+        for (size_t i = 0; i < n; i++) {
+            argv[i + 2] = rep->element[i + 1]->str ? rep->element[i + 1]->str : "";
+            lens[i + 2] = rep->element[i + 1]->str ? rep->element[i + 1]->len : 0;
+        }
+        rc = tp_redis_argv(q->node->redis, on_records_reply, q, (int)n + 2, argv, lens);
+        if (rc == 0)
+            q->waiting++;
+    }
+    free(records);
+    free(argv);
+    free(lens);
+    if (rc != 0)
+        part_failed(q, rc, NULL);
+    part_done(q);
+}
+
+static int cluster_status(status_req *q) {
+    char *nodes = key_of(q->ns, "nodes");
+    int rc = TEMPEST_ENOMEM;
+    if (nodes != NULL) {
+        const char *argv[] = {nodes};
+        rc = tp_redis_script(q->node->redis, on_live_reply, q, TP_SCRIPT_STATUS, 1, 1, argv, NULL);
+    }
+    free(nodes);
+    if (rc == 0)
+        q->waiting = 1;
+    return rc;
+}
+
 TEMPEST_API int tempest_cluster_status(tempest_node *node, const char *ns, tempest_status_fn *fn,
                                        void *arg) {
     if (node == NULL || fn == NULL || node->freeing || (ns != NULL && !tp_name_valid(ns)))
         return TEMPEST_EINVAL;
     if (tp_redis_state(node->redis) != TEMPEST_NODE_UP)
         return TEMPEST_EDOWN;
-    if (node->url.nseeds > 0) { /* the script reads keys of many slots */
-        tp_node_errorf(node, "status: not available in Redis Cluster mode");
-        return TEMPEST_ESTATE;
-    }
     tp_presence *p = presence_of(node);
     status_req *q = p ? tp_calloc(1, sizeof *q) : NULL;
     if (q == NULL)
@@ -384,6 +589,12 @@ TEMPEST_API int tempest_cluster_status(tempest_node *node, const char *ns, tempe
     p->reqs = q;
     q->ns = tp_strdup(ns ? ns : node->ns);
     q->ev = event_new(node->base, -1, 0, on_status_event, q);
+    if (node->url.nseeds > 0) { /* Redis Cluster: the keys live in different slots */
+        int rc = q->ns && q->ev ? cluster_status(q) : TEMPEST_ENOMEM;
+        if (rc != 0)
+            req_free(q);
+        return rc;
+    }
     char *nodes = q->ns ? key_of(q->ns, "nodes") : NULL;
     char *records = q->ns ? key_of(q->ns, "nodes:records") : NULL;
     int rc = TEMPEST_ENOMEM;

@@ -201,9 +201,17 @@ static const char presence[] =
 
 /* KEYS: nodes, records. Reads the live records, then the queues and
  * services they name (keys derived from the records: one Redis, not a
- * cluster). Returns {now, queues JSON, services JSON, record...}. */
+ * cluster). Returns {now, queues JSON, services JSON, record...}.
+ * With only the nodes key (Redis Cluster), returns {now, live id...}: the
+ * caller reads the records and each queue (TP_SCRIPT_QUEUE_STATS) and
+ * service on their own masters. */
 static const char status[] =
-    "-- tempest:status\n" NOW_MS "local out, queues, services, seen = {now, '', ''}, {}, {}, {}\n"
+    "-- tempest:status\n" NOW_MS "if not KEYS[2] then\n"
+    "  local out = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')\n"
+    "  table.insert(out, 1, now)\n"
+    "  return out\n"
+    "end\n"
+    "local out, queues, services, seen = {now, '', ''}, {}, {}, {}\n"
     "for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do\n"
     "  local raw = redis.call('HGET', KEYS[2], id)\n"
     "  local ok, rec = pcall(cjson.decode, raw or '')\n"
@@ -239,9 +247,29 @@ static const char status[] =
     "out[3] = cjson.encode(services)\n"
     "return out\n";
 
+/* KEYS: a queue's list, its dead-letter list (both in the queue's slot).
+ * Returns {ready, processing, dead, live workers}, as the status script
+ * counts them. */
+static const char queue_stats[] =
+    "-- tempest:queue-stats\n"
+    "local p, busy, workers = '{' .. KEYS[1] .. '}:', 0, 0\n"
+    "for _, w in ipairs(redis.call('SMEMBERS', p .. 'workers')) do\n"
+    "  busy = busy + redis.call('LLEN', p .. 'processing:' .. w)\n"
+    "  workers = workers + redis.call('EXISTS', p .. 'alive:' .. w)\n"
+    "end\n"
+    "return {redis.call('LLEN', KEYS[1]), busy, redis.call('LLEN', KEYS[2]), workers}\n";
+
 const char *const tp_scripts[TP_SCRIPT_COUNT] = {
-    [TP_SCRIPT_HEARTBEAT] = heartbeat, [TP_SCRIPT_TAKE] = take,     [TP_SCRIPT_ACK] = ack,
-    [TP_SCRIPT_RETRY] = retry,         [TP_SCRIPT_BURY] = bury,     [TP_SCRIPT_REQUEUE] = requeue,
-    [TP_SCRIPT_REAP] = reap,           [TP_SCRIPT_LEAVE] = leave,   [TP_SCRIPT_PUBLISH] = publish,
-    [TP_SCRIPT_PRESENCE] = presence,   [TP_SCRIPT_STATUS] = status,
+    [TP_SCRIPT_HEARTBEAT] = heartbeat,
+    [TP_SCRIPT_TAKE] = take,
+    [TP_SCRIPT_ACK] = ack,
+    [TP_SCRIPT_RETRY] = retry,
+    [TP_SCRIPT_BURY] = bury,
+    [TP_SCRIPT_REQUEUE] = requeue,
+    [TP_SCRIPT_REAP] = reap,
+    [TP_SCRIPT_LEAVE] = leave,
+    [TP_SCRIPT_PUBLISH] = publish,
+    [TP_SCRIPT_PRESENCE] = presence,
+    [TP_SCRIPT_STATUS] = status,
+    [TP_SCRIPT_QUEUE_STATS] = queue_stats,
 };

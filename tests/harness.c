@@ -789,3 +789,14 @@ int tt_cluster_add_replica(tt_redis *replica, const tt_redis *master) {
     }
     return rc;
 }
+
+json_t *tt_json_named(json_t *obj, const char *list, const char *key, const char *name) {
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(obj, list), i, v) {
+        const char *s = json_string_value(json_object_get(v, key));
+        if (s && strcmp(s, name) == 0)
+            return v;
+    }
+    return NULL;
+}

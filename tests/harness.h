@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
+#include <jansson.h>
+
 struct event_base;
 
 typedef struct tt_redis {
@@ -77,6 +79,13 @@ int tt_cluster_add_replica(tt_redis *replica, const tt_redis *master);
  * list/array reply, or -1 on error. `fmt` as redisCommand.
  */
 long long tt_redis_int(const tt_redis *r, const char *fmt, ...);
+
+/**
+ * The first object of the array `obj[list]` whose string member `key` is
+ * `name` (borrowed), or NULL: finds a queue or a service in a monitor
+ * snapshot.
+ */
+json_t *tt_json_named(json_t *obj, const char *list, const char *key, const char *name);
 
 /** Returns a free TCP port on 127.0.0.1 (bind to port 0, read, close). */
 int tt_free_port(void);

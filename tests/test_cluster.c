@@ -512,6 +512,131 @@ static void test_reshard_under_load(void **state) {
     free(l.calls);
 }
 
+/* ---- the monitor's snapshot ----------------------------------------------- */
+
+typedef struct reading {
+    int status, calls;
+    json_t *snap;
+} reading;
+
+static void on_status(tempest_node *node, int status, json_t *snapshot, void *arg) {
+    (void)node;
+    reading *r = arg;
+    r->status = status;
+    r->snap = json_incref(snapshot);
+    r->calls++;
+}
+
+static bool read_done(void *arg) {
+    return ((reading *)arg)->calls > 0;
+}
+
+static bool has_node(json_t *snap, long long id) {
+    size_t i;
+    json_t *n;
+    json_array_foreach(json_object_get(snap, "nodes"), i, n) {
+        if (json_integer_value(json_object_get(n, "id")) == id)
+            return true;
+    }
+    return false;
+}
+
+static void h_keep(tempest_worker *w, tempest_job *job, void *arg) {
+    (void)w;
+    tempest_job **held = arg;
+    *held = job;
+}
+
+static void r_echo(tempest_responder *r, tempest_request *req, void *arg) {
+    (void)r, (void)arg;
+    tempest_request_reply(req, tempest_request_body(req));
+}
+
+static bool job_kept(void *arg) {
+    return *(tempest_job **)arg != NULL;
+}
+
+static long long int_of(json_t *obj, const char *name) {
+    return json_integer_value(json_object_get(obj, name));
+}
+
+/* tempest_cluster_status() in cluster mode: the registry's keys, each
+ * queue's and each service's live in different slots, on different
+ * masters; the snapshot has them all, as on one Redis. */
+static void test_status_in_cluster(void **state) {
+    fixture *f = *state;
+    tempest_node *pnode = cluster_node(f, f->url), *wnode = cluster_node(f, f->url);
+    assert_true(tt_run_until(f->base, node_up, pnode, 5000));
+    assert_true(tt_run_until(f->base, node_up, wnode, 5000));
+    const char *queues[] = {"mon1", "mon2", "mon3", "mon4", "mon5", "mon6"};
+    int masters[NMASTERS] = {0};
+    for (size_t i = 0; i < 6; i++)
+        masters[owner_of(f, tp_cluster_slot(queues[i], 4))]++;
+    fprintf(stderr, "monitor: queues per master %d %d %d\n", masters[0], masters[1], masters[2]);
+    tempest_worker *w[6];
+    tempest_job *held[6] = {0};
+    for (size_t i = 0; i < 6; i++) {
+        tempest_worker_options wo = {.queue = queues[i], .concurrency = 1};
+        w[i] = tempest_worker_new(wnode, &wo, NULL);
+        assert_non_null(w[i]);
+        assert_int_equal(tempest_worker_on(w[i], "hold", h_keep, &held[i]), 0);
+        assert_int_equal(tempest_worker_start(w[i]), 0);
+        for (int k = 0; k < 3; k++)
+            assert_true(tempest_work(pnode, queues[i], "hold", NULL, NULL, NULL, NULL) > 0);
+        assert_true(tt_run_until(f->base, job_kept, &held[i], 5000));
+    }
+    tempest_responder *r =
+        tempest_responder_new(wnode, &(tempest_responder_options){.service = "echo"}, NULL);
+    assert_non_null(r);
+    assert_int_equal(tempest_responder_on(r, "*", r_echo, NULL), 0);
+    tt_run_for(f->base, 300);
+    /* A foreign record naming a queue whose keys span two slots. */
+    const char *nodes = "tempest:default:nodes", *records = "tempest:default:nodes:records";
+    assert_int_equal(tt_redis_int(&f->nodes[owner_of(f, tp_cluster_slot(nodes, strlen(nodes)))],
+                                  "ZADD %s 99999999999999 424242", nodes),
+                     1);
+    assert_int_equal(tt_redis_int(&f->nodes[owner_of(f, tp_cluster_slot(records, strlen(records)))],
+                                  "HSET %s 424242 %s", records,
+                                  "{\"id\":424242,\"queues\":[{\"name\":\"a{b}c\"}]}"),
+                     1);
+
+    reading rd = {0};
+    assert_int_equal(tempest_cluster_status(pnode, NULL, on_status, &rd), 0);
+    assert_true(tt_run_until(f->base, read_done, &rd, 5000));
+    assert_int_equal(rd.status, 0);
+    assert_int_equal(rd.calls, 1);
+    json_t *snap = rd.snap;
+    assert_true(has_node(snap, tempest_node_id(pnode)));
+    assert_true(has_node(snap, tempest_node_id(wnode)));
+    assert_true(int_of(snap, "time_ms") > 0);
+    for (size_t i = 0; i < 6; i++) {
+        json_t *q = tt_json_named(snap, "queues", "name", queues[i]);
+        assert_non_null(q);
+        assert_null(json_object_get(q, "error"));
+        assert_int_equal(int_of(q, "ready"), 2);
+        assert_int_equal(int_of(q, "processing"), 1);
+        assert_int_equal(int_of(q, "dead"), 0);
+        assert_int_equal(int_of(q, "workers"), 1);
+    }
+    json_t *svc = tt_json_named(snap, "services", "service", "echo");
+    assert_non_null(svc);
+    json_t *who = json_object_get(svc, "responders");
+    assert_int_equal(json_array_size(who), 1);
+    assert_string_equal(json_string_value(json_array_get(who, 0)), tempest_node_address(wnode));
+    json_t *bad = tt_json_named(snap, "queues", "name", "a{b}c"); /* spoils nothing else */
+    assert_non_null(bad);
+    assert_true(has_node(snap, 424242));
+    fprintf(stderr, "monitor: a{b}c: %s\n", json_string_value(json_object_get(bad, "error")));
+    assert_non_null(json_string_value(json_object_get(bad, "error")));
+    json_decref(snap);
+
+    tempest_responder_free(r);
+    for (size_t i = 0; i < 6; i++)
+        tempest_worker_free(w[i]); /* the held jobs go back to their queues */
+    tempest_node_free(wnode);
+    tempest_node_free(pnode);
+}
+
 /* ---- a master killed under load, its replica promoted ------------------ */
 
 typedef struct failover {
@@ -801,6 +926,7 @@ int main(void) {
         cmocka_unit_test(test_reshard_under_load),
         cmocka_unit_test(test_multi_queue_worker),
         cmocka_unit_test(test_pubsub_across_masters),
+        cmocka_unit_test(test_status_in_cluster),
         cmocka_unit_test(test_failover_under_load),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -111,17 +111,6 @@ static json_t *record_of(json_t *snap, long long id) {
     return NULL;
 }
 
-static json_t *named(json_t *snap, const char *list, const char *key, const char *name) {
-    size_t i;
-    json_t *v;
-    json_array_foreach(json_object_get(snap, list), i, v) {
-        const char *s = json_string_value(json_object_get(v, key));
-        if (s && strcmp(s, name) == 0)
-            return v;
-    }
-    return NULL;
-}
-
 static long long stat_of(json_t *rec, const char *role, const char *name) {
     json_t *v = json_object_get(json_object_get(json_object_get(rec, "stats"), role), name);
     assert_true(json_is_integer(v));
@@ -219,13 +208,13 @@ static void test_roles_queues_services(void **state) {
     assert_int_equal(stat_of(prec, "producer", "jobs"), 3);
     assert_int_equal(stat_of(prec, "requester", "requests"), 3);
     assert_int_equal(stat_of(prec, "requester", "responders"), 1);
-    json_t *q = named(snap, "queues", "name", "mon");
+    json_t *q = tt_json_named(snap, "queues", "name", "mon");
     assert_non_null(q);
     assert_int_equal(json_integer_value(json_object_get(q, "ready")), 3);
     assert_int_equal(json_integer_value(json_object_get(q, "processing")), 1);
     assert_int_equal(json_integer_value(json_object_get(q, "dead")), 0);
     assert_int_equal(json_integer_value(json_object_get(q, "workers")), 1);
-    json_t *svc = named(snap, "services", "service", "echo");
+    json_t *svc = tt_json_named(snap, "services", "service", "echo");
     assert_non_null(svc);
     json_t *who = json_object_get(svc, "responders");
     assert_int_equal(json_array_size(who), 1);
@@ -239,7 +228,7 @@ static void test_roles_queues_services(void **state) {
     }
     tt_run_for(f->base, 200);
     snap = status_of(f, NULL);
-    q = named(snap, "queues", "name", "mon");
+    q = tt_json_named(snap, "queues", "name", "mon");
     assert_int_equal(json_integer_value(json_object_get(q, "ready")), 0);
     assert_int_equal(json_integer_value(json_object_get(q, "processing")), 0);
     assert_int_equal(json_integer_value(json_object_get(q, "dead")), 1);
@@ -255,7 +244,7 @@ static void test_roles_queues_services(void **state) {
     tt_run_for(f->base, 60);
     snap = status_of(f, NULL);
     assert_null(record_of(snap, wid));
-    svc = named(snap, "services", "service", "echo");
+    svc = tt_json_named(snap, "services", "service", "echo");
     assert_true(svc == NULL || json_array_size(json_object_get(svc, "responders")) == 0);
     prec = record_of(snap, tempest_node_id(f->node));
     assert_non_null(prec);
@@ -274,11 +263,11 @@ static void test_namespaces(void **state) {
     json_t *mine = status_of(f, NULL);
     json_t *blue = status_of(f, "blue");
     assert_null(record_of(mine, tempest_node_id(other)));
-    assert_null(named(mine, "services", "service", "paint"));
+    assert_null(tt_json_named(mine, "services", "service", "paint"));
     json_t *rec = record_of(blue, tempest_node_id(other));
     assert_non_null(rec);
     assert_string_equal(json_string_value(json_object_get(rec, "namespace")), "blue");
-    json_t *svc = named(blue, "services", "service", "paint");
+    json_t *svc = tt_json_named(blue, "services", "service", "paint");
     assert_non_null(svc);
     /* the responder took its node's namespace: its registry is blue's */
     assert_string_equal(json_string_value(json_object_get(svc, "namespace")), "blue");

@@ -169,7 +169,11 @@ typedef void tempest_status_fn(tempest_node *node, int status, json_t *snapshot,
 
 /**
  * Reads what the cluster's nodes publish about themselves in namespace
- * `ns` (NULL: the node's), in one script call, and calls `fn` once with:
+ * `ns` (NULL: the node's), in one script call (in Redis Cluster mode, where
+ * those keys live on different masters: one read for the live ids, one for
+ * their records, then one per queue and per service, all in flight
+ * together; each queue's counts are read atomically, the whole is not),
+ * and calls `fn` once with:
  *
  *     {"namespace": "...", "time_ms": <Redis clock>,
  *      "nodes": [{"id", "address" (or null), "host", "pid", "uptime_ms",
@@ -178,6 +182,8 @@ typedef void tempest_status_fn(tempest_node *node, int status, json_t *snapshot,
  *                 [{"name", "dead"}], "services": [{"service", "namespace"}],
  *                 "stats": {"<role>": {"<counter>": n, ...}}}, ...],
  *      "queues": [{"name", "ready", "processing", "dead", "workers"}],
+ *                 (in cluster mode, a queue whose keys cannot be read has
+ *                 "error": "<Redis error>" instead of the counts)
  *      "services": [{"service", "namespace", "responders": ["host:port"]}]}
  *
  * Records are at most heartbeat_ms old. Counters (README, "Monitor"):
