@@ -524,6 +524,8 @@ json_t *tp_answer_decode(const char *buf, size_t len, char *err, size_t errlen) 
         seterr(err, errlen, TEMPEST_EPROTO, "answer: no data");
         return NULL;
     }
+    if ((v = tp_json_fast(buf, len)) != NULL)
+        return v; /* an array of plain values: a `url` answer, mostly */
     v = json_loadb(buf, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
     if (v == NULL)
         seterr(err, errlen, TEMPEST_EPROTO, "answer: invalid JSON at line %d column %d: %s",
