@@ -73,15 +73,19 @@ tp_reply_slot *tp_node_hold_reply(tempest_node *node) {
 static const char cancelled_error[] =
     "CANCELED job %lld was cancelled by its producer (client gone, cancelled or timed out)";
 
-void tp_node_cancelled(tempest_node *node, long long id) {
-    node->cancelled[node->ncancelled++ % TP_CANCELLED_KEEP] = id;
-    if (node->address == NULL || node->freeing)
-        return;
+/* PUBLISH tempest:cancel:<address> ["<id>"] (best effort: no reply read). */
+static void publish_cancel(tempest_node *node, long long id) {
     char channel[320], msg[32];
     snprintf(channel, sizeof channel, "tempest:cancel:%s", node->address);
     snprintf(msg, sizeof msg, "[\"%lld\"]", id);
     const char *argv[] = {"PUBLISH", channel, msg};
     (void)tp_redis_argv(node->redis, NULL, NULL, 3, argv, NULL);
+}
+
+void tp_node_cancelled(tempest_node *node, long long id) {
+    node->cancelled[node->ncancelled++ % TP_CANCELLED_KEEP] = id;
+    if (node->address != NULL && !node->freeing)
+        publish_cancel(node, id);
 }
 
 static bool was_cancelled(const tempest_node *node, long long id) {
@@ -501,12 +505,22 @@ fail:
 }
 
 /* Every job still waiting gets its one terminal callback. */
+/* Jobs still waited for when the node is freed: their workers are told
+ * (at most CANCELS_AT_FREE of them, written before the connection closes),
+ * so that they stop, and do not retry answers nobody can take. */
+enum { CANCELS_AT_FREE = 4096 };
+
 static void cancel_all(tempest_node *node) {
     tp_delivery *d;
     while ((d = pop_delivery(node)) != NULL)
         deliver_one(node, d);
     tp_pending *job;
+    int told = 0;
     while ((job = tp_map_pop(&node->pending)) != NULL) {
+        if (!job->done && node->address != NULL && told < CANCELS_AT_FREE) {
+            publish_cancel(node, job->id);
+            told++;
+        }
         job->done = true;
         if (job->timer)
             event_free(job->timer);
@@ -514,6 +528,8 @@ static void cancel_all(tempest_node *node) {
             job->fn(node, job->id, TEMPEST_ECANCELED, NULL, job->arg);
         free(job);
     }
+    if (told > 0)
+        tp_redis_flush(node->redis);
 }
 
 static void destroy(tempest_node *node) {

@@ -96,6 +96,7 @@ struct tempest_job {
     size_t unacked; /* bytes of partial answers sent and not yet replied */
     bool canceled, want_drain, progress_wanted;
     unsigned char check; /* CHECK_*: a cancel may have been missed */
+    bool heard;          /* its cancel was heard before it was taken */
     tempest_job_fn *on_cancel, *on_drain;
     void *cancel_arg, *drain_arg;
 };
@@ -490,6 +491,24 @@ TEMPEST_API void tempest_worker_stop(tempest_worker *w) {
 
 /* ---- answers --------------------------------------------------------- */
 
+/* Jobs of `addr` whose cancel was heard before they were taken, when the
+ * producer cannot be reached to confirm it (it was freed, say): nobody can
+ * take their answers. A cancel callback may finish jobs or free the worker:
+ * the search starts over after each one. */
+static void cancel_heard(tempest_worker *w, const char *addr) {
+    w->depth++;
+    for (tempest_job *j = w->jobs; j && !w->freeing;) {
+        if (j->heard && !j->canceled && !j->abandoned && j->own == NULL &&
+            strcmp(j->parts.respond_to, addr) == 0) {
+            job_cancel(j, "cancelled by its producer, which cannot be reached");
+            j = w->jobs;
+        } else {
+            j = j->next;
+        }
+    }
+    leave(w);
+}
+
 static void peer_unlink(peer *p) {
     tempest_worker *w = p->w;
     for (peer **pp = &w->peers; *pp; pp = &(*pp)->next) {
@@ -504,11 +523,15 @@ static void peer_unlink(peer *p) {
     tempest_job *job = p->job;
     if (job)
         job->own = NULL;
-    free(p->addr);
+    char *addr = p->addr;
+    bool shared = p->job == NULL && !p->stream;
     free(p);
     check_finished(w);
     if (job) /* a stream cut short: nothing more can reach the producer */
         job_cancel(job, "connection to the producer lost");
+    if (shared)
+        cancel_heard(w, addr);
+    free(addr);
 }
 
 static void on_peer_connect(const redisAsyncContext *ac, int status) {
@@ -1298,7 +1321,7 @@ static tempest_job *job_new(tempest_worker *w, int qi, tp_job_parts *parts, cons
             start_check(job);
         else if (!wt->active)
             job->check = CHECK_ON_SUB;
-        else if (recently_cancelled(w, parts->respond_to, parts->id))
+        else if ((job->heard = recently_cancelled(w, parts->respond_to, parts->id)))
             start_check(job);
     }
     return job;

@@ -687,6 +687,44 @@ static void test_cancel_while_unsubscribed(void **state) {
     assert_int_equal(f->status, 99);
 }
 
+/* A producer freed while a worker holds one of its jobs and another waits
+ * in the queue: the free publishes their cancels; the held job is told at
+ * once, the queued one when it is taken (its cancel was heard, and the
+ * producer cannot be reached to say otherwise). Neither is retried nor
+ * dead-lettered: nobody could take their answers. */
+static void test_producer_freed(void **state) {
+    fx *f = *state;
+    f->pnode = new_node(f);
+    start_collector(f);
+    long long a = tempest_work(f->pnode, "tempest", "long", NULL, NULL, on_produced, f);
+    assert_true(a > 0);
+    want w = {f, 1, 0, true};
+    assert_true(tt_run_until(f->base, wanted, &w, WAIT_MS));
+    assert_true(tempest_work(f->pnode, "tempest", "long", NULL, NULL, on_produced, f) > 0);
+    tt_run_for(f->base, 100);
+    assert_int_equal(tt_redis_int(&g_redis, "LLEN tempest"), 1);
+    f->status = 99;
+    tempest_node_free(f->pnode);
+    f->pnode = NULL;
+    assert_int_equal(f->status, TEMPEST_ECANCELED); /* its waiters were told */
+    w = (want){f, 1, 1, false};
+    assert_true(tt_run_until(f->base, wanted, &w, WAIT_MS));
+    assert_false(tempest_job_active(f->held[0]));
+    assert_int_equal(end_job(f->held[0]), TEMPEST_ECANCELED);
+    w = (want){f, 2, 2, false};
+    assert_true(tt_run_until(f->base, wanted, &w, WAIT_MS));
+    assert_false(tempest_job_active(f->held[1]));
+    assert_int_equal(end_job(f->held[1]), TEMPEST_ECANCELED);
+    tt_run_for(f->base, 300); /* the acks land */
+    assert_int_equal(tempest_worker_in_hand(f->worker), 0);
+    assert_int_equal(tt_redis_int(&g_redis, "LLEN tempest"), 0);
+    assert_int_equal(tt_redis_int(&g_redis, "LLEN {tempest}:dead"), 0);
+    assert_int_equal(tt_redis_int(&g_redis, "EXISTS {tempest}:attempts"), 0);
+    char plist[80];
+    snprintf(plist, sizeof plist, "LLEN {tempest}:processing:%s", tempest_worker_id(f->worker));
+    assert_int_equal(tt_redis_int(&g_redis, plist), 0);
+}
+
 /* CHECK on the wire (any Redis client can ask): +OK for a job that is
  * waiting, and the deadline does not start again; -CANCELED once it timed
  * out; -ERR unknown job for an id never sent. */
@@ -825,6 +863,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_cancelled_before_subscription, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_heard_while_queued, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_while_unsubscribed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_producer_freed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check_on_the_wire, setup, teardown),
         cmocka_unit_test_setup_teardown(test_progress_keeps_alive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_progress_times_out, setup, teardown),

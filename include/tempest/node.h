@@ -127,6 +127,10 @@ TEMPEST_API tempest_node *tempest_node_new(struct event_base *base,
 /**
  * Frees the node. Every pending operation's callback (answers awaited,
  * commands in flight) runs once with TEMPEST_ECANCELED before this returns.
+ * The workers of jobs still awaited are told they are cancelled (the
+ * cancel channel, docs/protocol.md; at most 4096 jobs, written before the
+ * Redis connection closes), so that they stop rather than retry answers
+ * nobody can take.
  * Free the workers and fronts built on the node first. Safe from any
  * callback of the node; NULL does nothing.
  */
