@@ -768,26 +768,38 @@ void tt_run_for(struct event_base *base, int ms) {
     (void)tt_run_until(base, tt_never, NULL, ms);
 }
 
+/* Waits (50 ms steps, until `deadline`) for a replica's step to succeed. */
+static bool tt_replica_step(const tt_redis *replica, const char *id, long long deadline) {
+    char text[4096];
+    for (;;) {
+        bool ok =
+            id != NULL
+                ? tt_cmd_text(replica->port, text, sizeof text, "CLUSTER REPLICATE %s", id) == 0
+                : tt_cmd_text(replica->port, text, sizeof text, "INFO replication") == 0 &&
+                      strstr(text, "master_link_status:up") != NULL;
+        if (ok)
+            return true;
+        if (tt_now_ms() >= deadline)
+            return false;
+        tt_sleep_ms(50);
+    }
+}
+
 int tt_cluster_add_replica(tt_redis *replica, const tt_redis *master) {
-    char id[64], text[4096];
+    char id[64], text[256];
     if (tt_cmd_text(master->port, id, sizeof id, "CLUSTER MYID") != 0 ||
         tt_redis_start(replica, tt_cluster_extra) != 0)
         return -1;
     long long deadline = tt_now_ms() + 20000;
-    int rc =
-        tt_cmd_text(replica->port, text, sizeof text, "CLUSTER MEET 127.0.0.1 %d", master->port);
-    /* REPLICATE needs the master known by gossip: it says "Unknown node" until then. */
-    while (rc == 0 &&
-           tt_cmd_text(replica->port, text, sizeof text, "CLUSTER REPLICATE %s", id) != 0)
-        rc = tt_now_ms() < deadline ? (tt_sleep_ms(50), 0) : -1;
-    while (rc == 0 && (tt_cmd_text(replica->port, text, sizeof text, "INFO replication") != 0 ||
-                       strstr(text, "master_link_status:up") == NULL))
-        rc = tt_now_ms() < deadline ? (tt_sleep_ms(50), 0) : -1;
-    if (rc != 0) {
-        fprintf(stderr, "harness: the replica of port %d did not sync\n", master->port);
-        tt_redis_stop(replica);
-    }
-    return rc;
+    /* REPLICATE needs the master known by gossip ("Unknown node" until
+     * then); then the replica's link must come up. */
+    if (tt_cmd_text(replica->port, text, sizeof text, "CLUSTER MEET 127.0.0.1 %d", master->port) ==
+            0 &&
+        tt_replica_step(replica, id, deadline) && tt_replica_step(replica, NULL, deadline))
+        return 0;
+    fprintf(stderr, "harness: the replica of port %d did not sync\n", master->port);
+    tt_redis_stop(replica);
+    return -1;
 }
 
 json_t *tt_json_named(json_t *obj, const char *list, const char *key, const char *name) {
