@@ -65,19 +65,29 @@ static const char register_lua[] =
     "end\n"
     "return 0\n";
 
-/* KEYS: registry. ARGV: address, leave message, events channel. */
-static const char withdraw_lua[] = "if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then\n"
-                                   "  redis.call('PUBLISH', ARGV[3], ARGV[2])\n"
-                                   "  return 1\n"
-                                   "end\n"
-                                   "return 0\n";
+/* KEYS: registry. ARGV: address, leave message, events channel. A live
+ * entry becomes a tombstone, score -(now + TOMBSTONE_MS), so that a
+ * registry read that overtakes the leave message still tells "left" from
+ * "expired". */
+static const char withdraw_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local old = redis.call('ZSCORE', KEYS[1], ARGV[1])\n"
+    "if not old or tonumber(old) < 0 then return 0 end\n"
+    "redis.call('ZADD', KEYS[1], -(now + 10000), ARGV[1])\n"
+    "redis.call('PUBLISH', ARGV[3], ARGV[2])\n"
+    "return 1\n";
 
-/* KEYS: registry. Drops expired entries, returns the live addresses. */
+/* KEYS: registry. Drops expired entries and tombstones older than 10 s;
+ * returns {live addresses, addresses that left (tombstones)}. */
 static const char list_lua[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now))\n"
-    "return redis.call('ZRANGE', KEYS[1], 0, -1)\n";
+    "local n = string.format('%d', now)\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '0', '(' .. n)\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '(-' .. n, '(0')\n"
+    "return {redis.call('ZRANGEBYSCORE', KEYS[1], n, '+inf'),\n"
+    "        redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(0')}\n";
 
 /* ---- the node's share ------------------------------------------------- */
 
@@ -1092,20 +1102,30 @@ static void sweep(tempest_requester *q) {
     }
 }
 
-/* Applies a registry read: joins, expiries, reconnections. */
-static void apply_registry(tempest_requester *q, const redisReply *rep) {
+static bool listed(const redisReply *list, const char *addr) {
+    for (size_t i = 0; i < list->elements; i++)
+        if (list->element[i]->type == REDIS_REPLY_STRING &&
+            strcmp(list->element[i]->str, addr) == 0)
+            return true;
+    return false;
+}
+
+/* Applies a registry read {live, left}: joins, leaves, expiries,
+ * reconnections. */
+static void apply_registry(tempest_requester *q, const redisReply *live, const redisReply *left) {
     peer_event *ev = NULL;
     int n = 0;
     for (int i = 0; i < q->npeers; i++)
         q->peers[i]->seen = false;
-    for (size_t i = 0; i < rep->elements; i++)
-        if (rep->element[i]->type == REDIS_REPLY_STRING)
-            peer_present(q, rep->element[i]->str, false, &ev, &n);
+    for (size_t i = 0; i < live->elements; i++)
+        if (live->element[i]->type == REDIS_REPLY_STRING)
+            peer_present(q, live->element[i]->str, false, &ev, &n);
     for (int i = 0; i < q->npeers; i++) {
         peer *p = q->peers[i];
         if (!p->seen && !p->gone && p->epoch <= q->poll_epoch) { /* not announced since */
             p->gone = true;
-            note(&ev, &n, TEMPEST_PEER_EXPIRED, p->addr);
+            note(&ev, &n, listed(left, p->addr) ? TEMPEST_PEER_LEFT : TEMPEST_PEER_EXPIRED,
+                 p->addr);
         }
     }
     sweep(q);
@@ -1123,13 +1143,14 @@ static void on_poll_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     if (q == NULL)
         return;
     q->polling = false;
-    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY) {
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+        rep->element[0]->type != REDIS_REPLY_ARRAY || rep->element[1]->type != REDIS_REPLY_ARRAY) {
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR)
             tp_log(&node->log, TEMPEST_LOG_WARN, "service registry: %s", rep->str);
         return;
     }
     q->polled = true;
-    apply_registry(q, rep);
+    apply_registry(q, rep->element[0], rep->element[1]);
 }
 
 static long long monotonic_ms(void) {

@@ -944,16 +944,35 @@ static void test_registry_and_leave(void **state) {
     s.r = NULL;
     wait_live(f, rq, 0);
     tt_run_for(f->base, 300);
-    assert_int_equal(tt_redis_int(&f->redis, "ZCARD tempest:default:svc:reg"), 0);
-    /* Known race (a valgrind CI run hit it): a registry read sent after the
-     * withdrawal but answered before the `leave` announcement arrives on the
-     * subscribe connection reports the responder EXPIRED, not LEFT. Exactly
-     * one of the two is told. */
-    assert_int_equal(pe.left + pe.expired, 1);
-    if (pe.expired != 0)
-        print_message("the registry read beat the leave announcement: told EXPIRED\n");
+    /* No live entry; a tombstone (negative score) says it left. */
+    assert_int_equal(tt_redis_int(&f->redis, "ZCOUNT tempest:default:svc:reg 0 +inf"), 0);
+    assert_int_equal(tt_redis_int(&f->redis, "ZCOUNT tempest:default:svc:reg -inf (0"), 1);
+    /* Told once, and LEFT even when a registry read overtakes the `leave`
+     * announcement (a valgrind CI run once saw EXPIRED before tombstones). */
+    assert_int_equal(pe.left, 1);
+    assert_int_equal(pe.expired, 0);
     assert_int_equal(tempest_requester_live(other), 0);
     tempest_requester_free(other);
+    tempest_requester_free(rq);
+    stop_server(&s);
+}
+
+/* The `leave` announcement is lost (the requester's subscribe connection
+ * is cut just before the responder stops): the next registry read still
+ * reports LEFT, from the tombstone, not EXPIRED. */
+static void test_leave_announcement_lost(void **state) {
+    fixture *f = *state;
+    server s = {0};
+    peers pe = {0};
+    tempest_requester *rq = new_requester(f, "lost", &pe, 0);
+    start_server(f, &s, "lost", 0);
+    wait_live(f, rq, 1);
+    assert_true(tt_redis_int(&f->redis, "CLIENT KILL TYPE pubsub") >= 1);
+    tempest_responder_free(s.r); /* its `leave` is published to nobody */
+    s.r = NULL;
+    wait_live(f, rq, 0);
+    assert_int_equal(pe.left, 1);
+    assert_int_equal(pe.expired, 0);
     tempest_requester_free(rq);
     stop_server(&s);
 }
@@ -981,6 +1000,7 @@ int main(void) {
         cmocka_unit_test(test_secret),
         cmocka_unit_test(test_redis_cli),
         cmocka_unit_test(test_registry_and_leave),
+        cmocka_unit_test(test_leave_announcement_lost),
     };
     return failed | cmocka_run_group_tests_name("rpc", tests, setup, teardown);
 }
