@@ -120,9 +120,8 @@ TEMPEST_API int tempest_request_error(tempest_request *req, const char *code, co
 
 /** What tempest_peer_fn is told about a responder of the service. */
 enum tempest_peer_event {
-    TEMPEST_PEER_JOINED = 0, /**< announced, or found in the registry */
-    TEMPEST_PEER_LEFT =
-        1, /**< withdrew (announced on the channel, or seen as a tombstone in the registry) */
+    TEMPEST_PEER_JOINED = 0,  /**< announced, or found in the registry */
+    TEMPEST_PEER_LEFT = 1,    /**< withdrew (its leave message, or its registry tombstone) */
     TEMPEST_PEER_EXPIRED = 2, /**< its registry entry timed out (it died) */
 };
 
