@@ -239,7 +239,11 @@ static void went_down(tp_redis *r, const char *why) {
     snprintf(r->errstr, sizeof r->errstr, "%s", why);
     int ms = backoff_ms(r);
     r->attempt++;
-    tp_log(r->log, TEMPEST_LOG_WARN, "redis: %s; reconnecting in %d ms", why, ms);
+    /* A warning for the first failures, then one at each power of two: a
+     * long outage does not flood the log (the rest go out at debug level). */
+    bool loud = r->attempt <= 3 || (r->attempt & (r->attempt - 1)) == 0;
+    tp_log(r->log, loud ? TEMPEST_LOG_WARN : TEMPEST_LOG_DEBUG,
+           "redis: %s; reconnecting in %d ms (attempt %d)", why, ms, r->attempt);
     arm_timer(r, ms);
     set_state(r, TEMPEST_NODE_DOWN, r->errstr);
 }
@@ -281,6 +285,8 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata) {
         memcpy(r->shas[script - 1], rep->str, 41);
     if (--r->handshake_left > 0)
         return;
+    if (r->attempt > 3)
+        tp_log(r->log, TEMPEST_LOG_INFO, "redis: connected again after %d attempts", r->attempt);
     r->attempt = 0;
     r->errstr[0] = '\0';
     set_state(r, TEMPEST_NODE_UP, NULL);
