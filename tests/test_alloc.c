@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Allocation failure, in turn: a job round trip (node, worker, producer,
- * answer) and an HTTP request through a front run again and again, the Nth
+ * answer), an HTTP request through a front, and a job cancelled while
+ * queued (the worker asks its producer: CHECK) run again and again, the Nth
  * allocation of the library and of jansson failing on run N, until a run
  * completes without reaching N. Every run must end cleanly (no crash, no
  * hang past its deadline); under ASan/LSan, nothing may leak. hiredis
@@ -203,6 +204,73 @@ static void test_front_chaos(void **state) {
     assert_true(n > 10);
 }
 
+/* A job cancelled while still queued: the worker that takes it learns it
+ * by asking its producer (CHECK) once its cancel subscription is active. */
+static tempest_job *held;
+static int cancels;
+
+static void on_cancel(tempest_job *job, void *arg) {
+    (void)job, (void)arg;
+    cancels++;
+}
+
+static void hold(tempest_worker *w, tempest_job *job, void *arg) {
+    (void)w, (void)arg;
+    held = job;
+    tempest_job_on_cancel(job, on_cancel, NULL);
+}
+
+static bool cancel_seen(void *arg) {
+    (void)arg;
+    return cancels > 0;
+}
+
+static bool cancel_trip(struct event_base *base) {
+    tempest_node_options no = {.redis_url = redis.url};
+    tempest_node *node = tempest_node_new(base, &no, NULL);
+    tempest_worker *w = NULL;
+    bool ok = false;
+    held = NULL;
+    cancels = 0;
+    if (node == NULL || !tt_run_until(base, up, node, 1000))
+        goto done;
+    tempest_work_options opts = {.timeout_ms = 2000};
+    long long id = tempest_work(node, "chaos3", "x", NULL, &opts, on_answer, NULL);
+    if (id <= 0 || tempest_work_cancel(node, id) != 0)
+        goto done;
+    tempest_worker_options wo = {
+        .queue = "chaos3", .block_timeout_ms = 100, .heartbeat_ms = 200, .ttl_ms = 1000};
+    w = tempest_worker_new(node, &wo, NULL);
+    if (w == NULL || tempest_worker_on(w, "x", hold, NULL) != 0 || tempest_worker_start(w) != 0)
+        goto done;
+    ok = tt_run_until(base, cancel_seen, NULL, 1000) && held && !tempest_job_active(held);
+done:
+    if (held)
+        tempest_job_done(held);
+    tempest_worker_free(w);
+    tempest_node_free(node);
+    return ok;
+}
+
+static void test_cancel_chaos(void **state) {
+    (void)state;
+    long n;
+    for (n = 1; n < 5000; n++) {
+        struct event_base *base = event_base_new();
+        tt_redis_int(&redis, "DEL chaos3");
+        chaos_on(n);
+        bool ok = cancel_trip(base);
+        chaos_off();
+        event_base_free(base);
+        if (!failed) {
+            assert_true(ok);
+            break;
+        }
+    }
+    print_message("cancel: %ld allocations failed in turn, all handled\n", n - 1);
+    assert_true(n > 10);
+}
+
 static int setup(void **state) {
     (void)state;
     return tt_redis_start(&redis, NULL);
@@ -219,6 +287,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_chaos),
         cmocka_unit_test(test_front_chaos),
+        cmocka_unit_test(test_cancel_chaos),
     };
     return cmocka_run_group_tests_name("alloc", tests, setup, teardown);
 }
