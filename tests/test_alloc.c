@@ -58,6 +58,33 @@ static void chaos_off(void) {
     json_set_alloc_funcs(malloc, free);
 }
 
+/*
+ * Runs `fn` on a fresh event_base (after DEL `queue`) with allocation N
+ * failing, for N = 1, 2, ... until a run reaches no N: that run must
+ * return `want`; a run that had a failure must satisfy `check` (NULL: any
+ * result). At least ten failure points must have been run.
+ */
+static void chaos_loop(const char *name, const char *queue, int (*fn)(struct event_base *),
+                       int want, bool (*check)(int)) {
+    long n;
+    for (n = 1; n < 5000; n++) {
+        struct event_base *base = event_base_new();
+        tt_redis_int(&redis, "DEL %s", queue);
+        chaos_on(n);
+        int result = fn(base);
+        chaos_off();
+        event_base_free(base);
+        if (!failed) {
+            assert_int_equal(result, want); /* no failure injected: it must have worked */
+            break;
+        }
+        if (check)
+            assert_true(check(result));
+    }
+    print_message("%s: %ld allocations failed in turn, all handled\n", name, n - 1);
+    assert_true(n > 10);
+}
+
 static bool up(void *arg) {
     return tempest_node_state(arg) == TEMPEST_NODE_UP;
 }
@@ -88,8 +115,8 @@ static bool answered(void *arg) {
     return answers > 0;
 }
 
-/* One round trip; returns true when it got its answer. */
-static bool round_trip(struct event_base *base) {
+/* One round trip; returns 1 when it got its answer, else 0. */
+static int round_trip(struct event_base *base) {
     tempest_node_options no = {.redis_url = redis.url};
     tempest_node *node = tempest_node_new(base, &no, NULL);
     tempest_worker *w = NULL;
@@ -118,21 +145,7 @@ done:
 
 static void test_round_trip_chaos(void **state) {
     (void)state;
-    long n;
-    for (n = 1; n < 5000; n++) {
-        struct event_base *base = event_base_new();
-        tt_redis_int(&redis, "DEL chaos");
-        chaos_on(n);
-        bool ok = round_trip(base);
-        chaos_off();
-        event_base_free(base);
-        if (!failed) {
-            assert_true(ok); /* no failure injected: it must have worked */
-            break;
-        }
-    }
-    print_message("round trip: %ld allocations failed in turn, all handled\n", n - 1);
-    assert_true(n > 10);
+    chaos_loop("round trip", "chaos", round_trip, 1, NULL);
 }
 
 /* The front: a GET through it with a worker behind. */
@@ -183,25 +196,14 @@ done:
     return status;
 }
 
+/* A failure shows as a clean HTTP error or a closed connection. */
+static bool clean_status(int status) {
+    return status == 0 || status == -1 || status == 200 || status >= 400;
+}
+
 static void test_front_chaos(void **state) {
     (void)state;
-    long n;
-    for (n = 1; n < 5000; n++) {
-        struct event_base *base = event_base_new();
-        tt_redis_int(&redis, "DEL chaos2");
-        chaos_on(n);
-        int status = front_request(base);
-        chaos_off();
-        event_base_free(base);
-        if (!failed) {
-            assert_int_equal(status, 200);
-            break;
-        }
-        /* A failure shows as a clean HTTP error or a closed connection. */
-        assert_true(status == 0 || status == -1 || status == 200 || status >= 400);
-    }
-    print_message("front: %ld allocations failed in turn, all handled\n", n - 1);
-    assert_true(n > 10);
+    chaos_loop("front", "chaos2", front_request, 200, clean_status);
 }
 
 /* A job cancelled while still queued: the worker that takes it learns it
@@ -225,7 +227,7 @@ static bool cancel_seen(void *arg) {
     return cancels > 0;
 }
 
-static bool cancel_trip(struct event_base *base) {
+static int cancel_trip(struct event_base *base) {
     tempest_node_options no = {.redis_url = redis.url};
     tempest_node *node = tempest_node_new(base, &no, NULL);
     tempest_worker *w = NULL;
@@ -254,21 +256,7 @@ done:
 
 static void test_cancel_chaos(void **state) {
     (void)state;
-    long n;
-    for (n = 1; n < 5000; n++) {
-        struct event_base *base = event_base_new();
-        tt_redis_int(&redis, "DEL chaos3");
-        chaos_on(n);
-        bool ok = cancel_trip(base);
-        chaos_off();
-        event_base_free(base);
-        if (!failed) {
-            assert_true(ok);
-            break;
-        }
-    }
-    print_message("cancel: %ld allocations failed in turn, all handled\n", n - 1);
-    assert_true(n > 10);
+    chaos_loop("cancel", "chaos3", cancel_trip, 1, NULL);
 }
 
 static int setup(void **state) {

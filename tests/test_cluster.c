@@ -418,6 +418,34 @@ static bool reached(void *arg) {
     return t->l->answered + t->l->failed >= t->n;
 }
 
+/* The producer's node (l->node) and a worker node with an echo worker on
+ * each of the NQUEUES queues (into w); returns the worker node. */
+static tempest_node *start_load(fixture *f, load *l, tempest_worker **w) {
+    l->node = cluster_node(f, f->url);
+    tempest_node *wnode = cluster_node(f, f->url);
+    assert_true(tt_run_until(f->base, node_up, l->node, 5000));
+    assert_true(tt_run_until(f->base, node_up, wnode, 5000));
+    for (int q = 0; q < NQUEUES; q++) {
+        char name[16];
+        snprintf(name, sizeof name, "cq%d", q);
+        tempest_worker_options wo = {.queue = name, .concurrency = 8, .block_timeout_ms = 200};
+        w[q] = tempest_worker_new(wnode, &wo, NULL);
+        assert_non_null(w[q]);
+        assert_int_equal(tempest_worker_on(w[q], "echo", h_echo, NULL), 0);
+        assert_int_equal(tempest_worker_start(w[q]), 0);
+    }
+    return wnode;
+}
+
+static void stop_load(load *l, tempest_node *wnode, tempest_worker **w) {
+    for (int q = 0; q < NQUEUES; q++)
+        tempest_worker_free(w[q]);
+    tempest_node_free(wnode);
+    tempest_node_free(l->node);
+    free(l->calls);
+    free(l->phase);
+}
+
 static void test_reshard_under_load(void **state) {
     fixture *f = *state;
     /* The load has no fixed size while the slots move, so that the moves
@@ -436,20 +464,8 @@ static void test_reshard_under_load(void **state) {
         assert_true(per_master[m] > 0);
     fprintf(stderr, "queues per master: %d %d %d\n", per_master[0], per_master[1], per_master[2]);
 
-    l.node = cluster_node(f, f->url);
-    tempest_node *wnode = cluster_node(f, f->url);
-    assert_true(tt_run_until(f->base, node_up, l.node, 5000));
-    assert_true(tt_run_until(f->base, node_up, wnode, 5000));
     tempest_worker *w[NQUEUES];
-    for (int q = 0; q < NQUEUES; q++) {
-        char name[16];
-        snprintf(name, sizeof name, "cq%d", q);
-        tempest_worker_options wo = {.queue = name, .concurrency = 8, .block_timeout_ms = 200};
-        w[q] = tempest_worker_new(wnode, &wo, NULL);
-        assert_non_null(w[q]);
-        assert_int_equal(tempest_worker_on(w[q], "echo", h_echo, NULL), 0);
-        assert_int_equal(tempest_worker_start(w[q]), 0);
-    }
+    tempest_node *wnode = start_load(f, &l, w);
     fill(&l);
     target t = {&l, NJOBS / 10};
     assert_true(tt_run_until(f->base, reached, &t, 60000));
@@ -505,11 +521,7 @@ static void test_reshard_under_load(void **state) {
         assert_int_equal(count_on_owner(f, "LLEN", plist), 0);
         assert_int_equal(count_on_owner(f, "LLEN", dead), 0);
     }
-    for (int q = 0; q < NQUEUES; q++)
-        tempest_worker_free(w[q]);
-    tempest_node_free(wnode);
-    tempest_node_free(l.node);
-    free(l.calls);
+    stop_load(&l, wnode, w);
 }
 
 /* ---- the monitor's snapshot ----------------------------------------------- */
@@ -721,20 +733,8 @@ static void test_failover_under_load(void **state) {
               .quiet = true,
               .timeout_ms = 8000};
     assert_true(l.calls && l.phase);
-    l.node = cluster_node(f, f->url);
-    tempest_node *wnode = cluster_node(f, f->url);
-    assert_true(tt_run_until(f->base, node_up, l.node, 5000));
-    assert_true(tt_run_until(f->base, node_up, wnode, 5000));
     tempest_worker *w[NQUEUES];
-    for (int q = 0; q < NQUEUES; q++) {
-        char name[16];
-        snprintf(name, sizeof name, "cq%d", q);
-        tempest_worker_options wo = {.queue = name, .concurrency = 8, .block_timeout_ms = 200};
-        w[q] = tempest_worker_new(wnode, &wo, NULL);
-        assert_non_null(w[q]);
-        assert_int_equal(tempest_worker_on(w[q], "echo", h_echo, NULL), 0);
-        assert_int_equal(tempest_worker_start(w[q]), 0);
-    }
+    tempest_node *wnode = start_load(f, &l, w);
     fill(&l);
     target t = {&l, 3000};
     assert_true(tt_run_until(f->base, reached_filling, &t, 60000));
@@ -786,14 +786,9 @@ static void test_failover_under_load(void **state) {
     assert_int_equal(queued, 0);
     assert_int_equal(processing, 0);
 
-    for (int q = 0; q < NQUEUES; q++)
-        tempest_worker_free(w[q]);
-    tempest_node_free(wnode);
-    tempest_node_free(l.node);
+    stop_load(&l, wnode, w);
     for (int m = 0; m < NMASTERS; m++)
         tt_redis_stop(&replicas[m]);
-    free(l.calls);
-    free(l.phase);
 }
 
 /* ---- a worker of several queues on several masters --------------------- */
