@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -75,4 +76,10 @@ bool tp_name_valid(const char *s) {
         if ((unsigned char)s[i] <= ' ' || s[i] == 127)
             return false;
     return true;
+}
+
+unsigned long long tp_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000u + (unsigned long long)ts.tv_nsec / 1000000u;
 }

@@ -12,7 +12,9 @@
  * node holds until they are delivered here. While the HTTP connection's
  * unsent output is over FLOW_HIGH, the front keeps one reply back (the
  * worker's pipeline stalls behind it: RESP replies are in order) and lets
- * it go once the output is down to FLOW_LOW.
+ * it go once the output is down to FLOW_LOW. A foreign worker's reply is
+ * never held (its client may give up on a late reply and crash): its
+ * stream to a client that falls FLOW_CUT behind is cut instead.
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -52,6 +54,9 @@ typedef struct front_req {
  * and below which it may go on. */
 #define FLOW_HIGH ((size_t)4 << 20)
 #define FLOW_LOW ((size_t)1 << 20)
+/* Unsent output past which a stream that cannot hold its worker back is
+ * cut (the client is too slow for a foreign worker's answers). */
+#define FLOW_CUT ((size_t)32 << 20)
 enum { FLOW_CHECK_MS = 5 };
 
 struct tempest_front {
@@ -168,8 +173,23 @@ static void on_drain_check(evutil_socket_t fd, short what, void *arg) {
         evtimer_add(fr->drain, &tv);
 }
 
+/* The client of a stream whose worker cannot be held back fell FLOW_CUT
+ * behind: its connection is closed and the job cancelled. */
+static void cut_slow(front_req *fr) {
+    struct evhttp_connection *evcon = fr->evcon;
+    tp_log(&fr->front->node->log, TEMPEST_LOG_WARN,
+           "front: job %lld: the client is over %zu MiB behind a worker that cannot be held "
+           "back; closed",
+           fr->job, FLOW_CUT >> 20);
+    fr->front->errors++;
+    tempest_work_cancel(fr->front->node, fr->job);
+    req_unlink(fr);
+    evhttp_connection_free(evcon); /* frees the request too */
+}
+
 /* From the answer callback: holds the answer's reply while the client is
- * behind. One held reply is enough: the ones after it wait in order. */
+ * behind. One held reply is enough: the ones after it wait in order.
+ * May cut the request: `fr` must not be used after the call. */
 static void flow_check(front_req *fr) {
     struct timeval tv = {0, FLOW_CHECK_MS * 1000};
     if (fr->held || unsent(fr) <= FLOW_HIGH)
@@ -180,6 +200,8 @@ static void flow_check(front_req *fr) {
     fr->held = tp_node_hold_reply(fr->front->node);
     if (fr->held)
         evtimer_add(fr->drain, &tv);
+    else if (unsent(fr) > FLOW_CUT)
+        cut_slow(fr);
 }
 
 /* The front's jobs hold their partial answers' replies (see above). */

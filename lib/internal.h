@@ -54,6 +54,9 @@ void tp_map_clear(tp_map *m);
  *  character, not "*" (lib/error.c). */
 bool tp_name_valid(const char *s);
 
+/** Milliseconds of CLOCK_MONOTONIC (lib/error.c). */
+unsigned long long tp_now_ms(void);
+
 /* Allocation wrappers (lib/alloc.c); release with free(). */
 void *tp_malloc(size_t size);
 void *tp_calloc(size_t n, size_t size);

@@ -159,6 +159,7 @@ struct tp_session {
     char *secret; /* NULL: no AUTH needed */
     size_t secret_len;
     bool authed;
+    bool peer; /* the client said `TEMPEST PEER`: a libtempest worker */
     int auth_failures;
     tp_command_fn *fn;
     void *arg;
@@ -464,6 +465,23 @@ static int cmd_hello(tp_session *s, int argc, const char **argv, const size_t *l
     return 0;
 }
 
+/*
+ * `TEMPEST PEER <version>`: the client is a libtempest peer and wants the
+ * precise replies to its answers (docs/protocol.md, "Who is answering").
+ * No Redis client sends TEMPEST on its own.
+ */
+static int cmd_tempest(tp_session *s, int argc, const char **argv, const size_t *lens,
+                       struct evbuffer *out) {
+    if (argc != 3 || !word_is(argv[1], lens[1], "PEER") || !is_integer(argv[2], lens[2]) ||
+        argv[2][0] == '-' || (lens[2] == 1 && argv[2][0] == '0')) {
+        tp_resp_error(out, "ERR usage: TEMPEST PEER <protocol version>");
+        return 0;
+    }
+    s->peer = true;
+    tp_resp_status(out, "OK");
+    return 0;
+}
+
 static int cmd_ok(tp_session *s, int argc, const char **argv, const size_t *lens,
                   struct evbuffer *out) {
     (void)s, (void)argc, (void)argv, (void)lens;
@@ -522,7 +540,7 @@ static const struct builtin {
     {.name = "CLIENT", .run = cmd_client},   {.name = "QUIT", .run = cmd_quit},
     {.name = "COMMAND", .run = cmd_command}, {.name = "HELLO", .run = cmd_hello},
     {.name = "READONLY", .run = cmd_ok},     {.name = "READWRITE", .run = cmd_ok},
-    {.name = "AUTH", .run = cmd_auth},
+    {.name = "AUTH", .run = cmd_auth},       {.name = "TEMPEST", .run = cmd_tempest},
 };
 
 /* What a session with a secret runs before AUTH succeeds. */
@@ -606,6 +624,11 @@ tp_reply_slot *tp_listener_defer(struct evbuffer *out) {
         return NULL;
     s->taken = slot_append(s, false);
     return s->taken;
+}
+
+bool tp_listener_peer(const struct evbuffer *out) {
+    const tp_session *s = dispatching;
+    return s == NULL || out != s->dispatch_out || s->peer;
 }
 
 /* The buffer a completion writes to: straight out at the head. */

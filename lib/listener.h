@@ -3,7 +3,8 @@
  * Node listener: a small RESP server. Requests are RESP arrays parsed with
  * hiredis's redisReader (no hand-written RESP parser). The listener answers
  * the commands an ordinary Redis client sends on its own (PING, ECHO, INFO,
- * SELECT, CLIENT ..., QUIT, COMMAND, HELLO, AUTH) and hands every other
+ * SELECT, CLIENT ..., QUIT, COMMAND, HELLO, AUTH), TEMPEST PEER (a
+ * libtempest worker saying who it is) and hands every other
  * command to its owner's tp_command_fn. With a shared secret, nothing but
  * AUTH, QUIT and HELLO runs before a successful AUTH.
  *
@@ -84,6 +85,17 @@ typedef struct tp_reply_slot tp_reply_slot;
  *  running command's reply. NULL (reply synchronously then) when called
  *  elsewhere, twice for one command, or when out of memory. */
 tp_reply_slot *tp_listener_defer(struct evbuffer *out);
+
+/**
+ * From inside a tp_command_fn, with its `out`: true when the client has
+ * said it is a libtempest peer (`TEMPEST PEER <version>`), false for a
+ * foreign client (any other Redis client), whose answers must never get
+ * an error reply. True when called elsewhere.
+ */
+bool tp_listener_peer(const struct evbuffer *out);
+
+/** The version a libtempest worker sends in `TEMPEST PEER <version>`. */
+#define TP_PEER_PROTOCOL 1
 
 /** Completes `slot` with a bulk string reply, or with `-message` (CR/LF
  *  replaced); `slot` is freed by the call. NULL does nothing. */

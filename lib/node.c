@@ -232,7 +232,9 @@ static json_t *answer_payload(int kind, const char *buf, size_t len, char *err, 
 static void accept_answer(tempest_node *node, tp_pending *job, int kind, json_t *json,
                           struct evbuffer *out) {
     bool partial = kind == TEMPEST_MORE || kind == TEMPEST_MORE_RAW;
-    tp_reply_slot *slot = partial && job->flow ? tp_listener_defer(out) : NULL;
+    /* A foreign worker's client may time out a held reply (redis-rb: 5 s) */
+    bool hold = partial && job->flow && tp_listener_peer(out);
+    tp_reply_slot *slot = hold ? tp_listener_defer(out) : NULL;
     if (partial)
         extend_deadline(node, job);
     else
@@ -248,26 +250,85 @@ static void accept_answer(tempest_node *node, tp_pending *job, int kind, json_t 
         tp_resp_status(out, "OK");
 }
 
+/*
+ * Answers from foreign peers. The original front replied +OK to every
+ * answer, and the original workers' Redis clients throw on an error reply
+ * (redis-rb, redis-py, node_redis): a worker that has not said it is a
+ * libtempest peer gets +OK for whatever it sends on the answer path, and
+ * what cannot be used is dropped, counted and logged at most once per
+ * DROP_LOG_MS. libtempest peers keep the precise error replies.
+ */
+enum { DROP_LOG_MS = 10000 };
+
+static void note_drop(tempest_node *node, long long id, const char *why) {
+    uint64_t now = tp_now_ms();
+    node->answers_dropped++;
+    node->drops_unlogged++;
+    if (node->drop_logged_ms != 0 && now - node->drop_logged_ms < DROP_LOG_MS)
+        return;
+    tp_log(&node->log, TEMPEST_LOG_WARN,
+           "dropped %llu answer(s) from foreign workers since the last note (%llu in all), "
+           "each acknowledged +OK as the original front did; the latest: job %lld: %s",
+           (unsigned long long)node->drops_unlogged, (unsigned long long)node->answers_dropped, id,
+           why);
+    node->drop_logged_ms = now;
+    node->drops_unlogged = 0;
+}
+
+/* Refuses an answer: `-message` to a libtempest peer, +OK to a foreign one. */
+static void refuse_answer(tempest_node *node, long long id, const char *message,
+                          struct evbuffer *out) {
+    if (tp_listener_peer(out)) {
+        tp_resp_error(out, message);
+        return;
+    }
+    note_drop(node, id, message);
+    tp_resp_status(out, "OK");
+}
+
+/* Why job `id` takes no answer now, or NULL when it does. */
+static const char *unwanted(tempest_node *node, long long id, const tp_pending *job, char *msg,
+                            size_t size) {
+    if (job != NULL && !job->done)
+        return NULL;
+    if (was_cancelled(node, id))
+        snprintf(msg, size, cancelled_error, id);
+    else
+        snprintf(msg, size, "ERR unknown job %lld (finished, timed out or never sent)", id);
+    return msg;
+}
+
+/* A payload that does not decode. A foreign worker would never learn of
+ * it (+OK), so its producer gets the failure now instead of a timeout. */
+static void bad_answer(tempest_node *node, tp_pending *job, const char *err, struct evbuffer *out) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "ERR bad answer for job %lld: %s", job->id, err);
+    if (tp_listener_peer(out)) {
+        tp_resp_error(out, msg);
+        return;
+    }
+    note_drop(node, job->id, msg);
+    tp_node_finish(node, job);
+    (void)tp_node_deliver(node, job, TEMPEST_EPROTO, NULL);
+    tp_resp_status(out, "OK");
+}
+
 static void on_answer_command(tempest_node *node, int argc, const char **argv,
                               const size_t *argvlen, struct evbuffer *out) {
     char msg[300];
-    long long id;
+    long long id = -1;
     int kind = answer_kind(argc, argv);
+    if (kind == -1 && !tp_listener_peer(out))
+        kind = 0; /* the original front ignored a fourth argument */
     if (kind == -1 || parse_id(argv[1], argvlen[1], &id) != 0) {
         snprintf(msg, sizeof msg,
                  "ERR usage: %.40s <job_id> <json> [MORE|RAW|PROGRESS|CHECK|ERROR]", argv[0]);
-        tp_resp_error(out, msg);
+        refuse_answer(node, id, msg, out);
         return;
     }
     tp_pending *job = tp_map_get(&node->pending, id);
-    if ((job == NULL || job->done) && was_cancelled(node, id)) {
-        snprintf(msg, sizeof msg, cancelled_error, id);
-        tp_resp_error(out, msg);
-        return;
-    }
-    if (job == NULL || job->done) {
-        snprintf(msg, sizeof msg, "ERR unknown job %lld (finished, timed out or never sent)", id);
-        tp_resp_error(out, msg);
+    if (unwanted(node, id, job, msg, sizeof msg) != NULL) {
+        refuse_answer(node, id, msg, out);
         return;
     }
     if (kind == KIND_PROGRESS || kind == KIND_CHECK) {
@@ -279,8 +340,7 @@ static void on_answer_command(tempest_node *node, int argc, const char **argv,
     char err[200];
     json_t *json = answer_payload(kind, argv[2], argvlen[2], err, sizeof err);
     if (json == NULL) {
-        snprintf(msg, sizeof msg, "ERR bad answer for job %lld: %s", id, err);
-        tp_resp_error(out, msg);
+        bad_answer(node, job, err, out);
         return;
     }
     accept_answer(node, job, kind, json, out);
@@ -289,12 +349,15 @@ static void on_answer_command(tempest_node *node, int argc, const char **argv,
 static void on_command(void *arg, int argc, const char **argv, const size_t *argvlen,
                        struct evbuffer *out) {
     tempest_node *node = arg;
-    if (node->freeing) {
-        tp_resp_error(out, "ERR node is shutting down");
+    if (tp_rpc_is_request(argc, argv, argvlen)) {
+        if (node->freeing)
+            tp_resp_error(out, "ERR node is shutting down");
+        else
+            tp_rpc_command(node, argc, argv, argvlen, out);
         return;
     }
-    if (tp_rpc_is_request(argc, argv, argvlen)) {
-        tp_rpc_command(node, argc, argv, argvlen, out);
+    if ((argc == 3 || argc == 4) && node->freeing) {
+        refuse_answer(node, -1, "ERR node is shutting down", out);
         return;
     }
     if (argc == 3 || argc == 4) {
@@ -304,6 +367,10 @@ static void on_command(void *arg, int argc, const char **argv, const size_t *arg
     char msg[120];
     snprintf(msg, sizeof msg, "ERR unknown command '%.60s'", argv[0]);
     tp_resp_error(out, msg);
+}
+
+TEMPEST_API unsigned long long tempest_node_answers_dropped(const tempest_node *node) {
+    return node ? node->answers_dropped : 0;
 }
 
 /* ---- listener -------------------------------------------------------- */

@@ -90,6 +90,10 @@ struct tempest_node {
     struct tp_presence *presence;
     uint64_t jobs_sent; /* tempest_work calls that queued a job */
     bool producing;     /* joined the presence as a producer */
+    /* answers from foreign peers that could not be used (acknowledged +OK) */
+    uint64_t answers_dropped;
+    uint64_t drops_unlogged; /* since the last log line about them */
+    uint64_t drop_logged_ms; /* monotonic; 0: never */
     int depth;
     bool freeing;
     char errstr[256];

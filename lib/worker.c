@@ -642,6 +642,27 @@ static void peer_auth(peer *p) {
         tp_log(&p->w->node->log, TEMPEST_LOG_WARN, "cannot send AUTH to %s", p->addr);
 }
 
+/* The listener's reply to TEMPEST PEER: an older listener refuses it and
+ * then treats us as any Redis client (compatible replies). */
+static void on_peer_hello(redisAsyncContext *ac, void *reply, void *privdata) {
+    (void)privdata;
+    peer *p = ac->data;
+    redisReply *rep = reply;
+    if (p == NULL || rep == NULL || rep->type != REDIS_REPLY_ERROR)
+        return;
+    tp_log(&p->w->node->log, TEMPEST_LOG_DEBUG, "%s is an older listener: %s", p->addr, rep->str);
+}
+
+/* Says who we are, pipelined after AUTH and before any answer (no round
+ * trip is waited for): the listener then gives this connection its precise
+ * replies (-CANCELED, -ERR unknown job, held +OK) instead of the +OK every
+ * foreign worker gets (docs/protocol.md, "Who is answering"). */
+static void peer_hello(peer *p) {
+    if (redisAsyncCommand(p->ac, on_peer_hello, NULL, "TEMPEST PEER %d", TP_PEER_PROTOCOL) !=
+        REDIS_OK)
+        tp_log(&p->w->node->log, TEMPEST_LOG_WARN, "cannot send TEMPEST PEER to %s", p->addr);
+}
+
 static void on_peer_caps(redisAsyncContext *ac, void *reply, void *privdata);
 
 static peer *peer_open(tempest_worker *w, const char *addr, bool stream) {
@@ -661,6 +682,7 @@ static peer *peer_open(tempest_worker *w, const char *addr, bool stream) {
     p->next = w->peers;
     w->peers = p;
     peer_auth(p);
+    peer_hello(p);
     free(host);
     return p;
 fail:

@@ -476,6 +476,15 @@ static void expect_json_arg(const fake_listener *fl, int cmd, int k, json_t *wan
     json_decref(want);
 }
 
+/* Command `cmd` is the worker's `TEMPEST PEER 1`, sent before its answers. */
+static void expect_hello(const fake_listener *fl, int cmd) {
+    assert_true(cmd < fl->ncmds);
+    assert_int_equal(fl->argc[cmd], 3);
+    expect_arg(fl, cmd, 0, "TEMPEST");
+    expect_arg(fl, cmd, 1, "PEER");
+    expect_arg(fl, cmd, 2, "1");
+}
+
 static bool fl_finished(void *arg) {
     return atomic_load(&((fake_listener *)arg)->finished);
 }
@@ -560,15 +569,18 @@ static void test_c_worker_answers_foreign_front(void **state) {
     if (f->fl.error[0])
         fprintf(stderr, "listener: %s\n", f->fl.error);
     assert_string_equal(f->fl.error, "");
-    /* Exactly one command reached the listener: the answer to job 7. */
+    /* Two commands reached the listener, on one connection: the worker's
+     * TEMPEST PEER (the listener answered +OK, as the original did to
+     * every command), then the answer to job 7. */
     assert_int_equal(atomic_load(&f->fl.connections), 1);
-    assert_int_equal(f->fl.ncmds, 1);
-    assert_int_equal(f->fl.argc[0], 3);
-    expect_arg(&f->fl, 0, 0, "url");
-    expect_arg(&f->fl, 0, 1, "7");
-    expect_json_arg(&f->fl, 0, 2,
+    assert_int_equal(f->fl.ncmds, 2);
+    expect_hello(&f->fl, 0);
+    assert_int_equal(f->fl.argc[1], 3);
+    expect_arg(&f->fl, 1, 0, "url");
+    expect_arg(&f->fl, 1, 1, "7");
+    expect_json_arg(&f->fl, 1, 2,
                     json_pack("[i,{s:s},s]", 200, "Content-Type", "text/plain", "hello from C"));
-    expect_arg(&f->fl, 0, 2, "[200,{\"Content-Type\":\"text/plain\"},\"hello from C\"]");
+    expect_arg(&f->fl, 1, 2, "[200,{\"Content-Type\":\"text/plain\"},\"hello from C\"]");
 
     /* The handler saw both jobs exactly as pushed. */
     char rt[32];
@@ -604,19 +616,20 @@ static void test_c_worker_streams_to_foreign_front(void **state) {
     assert_string_equal(f->fl.error, "");
     assert_int_equal(f->handled, 1);
     assert_int_equal(f->errors, 0);
-    assert_int_equal(f->fl.ncmds, 2);
-    assert_int_equal(f->fl.argc[0], 4);
-    expect_arg(&f->fl, 0, 0, "url");
-    expect_arg(&f->fl, 0, 1, "8");
-    expect_json_arg(&f->fl, 0, 2,
-                    json_pack("[i,{s:s},s]", 200, "Content-Type", "text/plain", "part one, "));
-    expect_arg(&f->fl, 0, 2, "[200,{\"Content-Type\":\"text/plain\"},\"part one, \"]");
-    expect_arg(&f->fl, 0, 3, "MORE");
-    assert_int_equal(f->fl.argc[1], 3);
+    assert_int_equal(f->fl.ncmds, 3);
+    expect_hello(&f->fl, 0);
+    assert_int_equal(f->fl.argc[1], 4);
     expect_arg(&f->fl, 1, 0, "url");
     expect_arg(&f->fl, 1, 1, "8");
-    expect_json_arg(&f->fl, 1, 2, json_pack("[n,n,s]", "part two"));
-    expect_arg(&f->fl, 1, 2, "[null,null,\"part two\"]");
+    expect_json_arg(&f->fl, 1, 2,
+                    json_pack("[i,{s:s},s]", 200, "Content-Type", "text/plain", "part one, "));
+    expect_arg(&f->fl, 1, 2, "[200,{\"Content-Type\":\"text/plain\"},\"part one, \"]");
+    expect_arg(&f->fl, 1, 3, "MORE");
+    assert_int_equal(f->fl.argc[2], 3);
+    expect_arg(&f->fl, 2, 0, "url");
+    expect_arg(&f->fl, 2, 1, "8");
+    expect_json_arg(&f->fl, 2, 2, json_pack("[n,n,s]", "part two"));
+    expect_arg(&f->fl, 2, 2, "[null,null,\"part two\"]");
     assert_int_equal(tempest_worker_in_hand(f->worker), 0);
 }
 

@@ -91,6 +91,8 @@ static void on_command(void *arg, int argc, const char **argv, const size_t *arg
         big_reply(r, argv[1], out);
     else if (strcasecmp(argv[0], "noreply") == 0)
         return;
+    else if (strcasecmp(argv[0], "peer?") == 0)
+        tp_resp_status(out, tp_listener_peer(out) ? "yes" : "no");
     else if (strcasecmp(argv[0], "free") == 0) {
         tp_listener_free(*r->listener);
         *r->listener = NULL;
@@ -370,6 +372,33 @@ static void test_builtins(void **state) {
     run_exchanges(s, x, sizeof x / sizeof *x);
     assert_int_equal(r.calls, 0); /* built-ins never reach the callback */
     tp_session_free(s);
+}
+
+/* `TEMPEST PEER <version>` marks the session as a libtempest peer; its
+ * command fn can tell (tp_listener_peer), and nothing else sets it. */
+static void test_tempest_peer(void **state) {
+    (void)state;
+    static const char usage[] = "-ERR usage: TEMPEST PEER <protocol version>\r\n";
+    static const struct exchange x[] = {
+        {"peer? 1 x\r\n", "+no\r\n"},
+        {"CLIENT SETNAME tempest\r\n", "+OK\r\n"},
+        {"TEMPEST PEER\r\n", usage},
+        {"TEMPEST PEER 0\r\n", usage},
+        {"TEMPEST PEER -1\r\n", usage},
+        {"TEMPEST PEER one\r\n", usage},
+        {"TEMPEST HELLO 1\r\n", usage},
+        {"peer? 1 x\r\n", "+no\r\n"},
+        {"*3\r\n$7\r\ntempest\r\n$4\r\npeer\r\n$1\r\n1\r\n", "+OK\r\n"},
+        {"peer? 1 x\r\n", "+yes\r\n"},
+        {"tempest 7 [1]\r\n", "+OK\r\n"}, /* an answer to a job named tempest */
+    };
+    recorder r;
+    memset(&r, 0, sizeof r);
+    tp_session *s = tp_session_new(NULL, on_command, &r);
+    run_exchanges(s, x, sizeof x / sizeof *x);
+    assert_int_equal(r.calls, 4); /* three peer? and the answer named tempest */
+    tp_session_free(s);
+    assert_true(tp_listener_peer(NULL)); /* outside a command: precise replies */
 }
 
 static void assert_info(const char *in, bool all) {
@@ -1254,6 +1283,7 @@ int main(void) {
         cmocka_unit_test(test_inline_limit),
         cmocka_unit_test(test_large_requests),
         cmocka_unit_test(test_builtins),
+        cmocka_unit_test(test_tempest_peer),
         cmocka_unit_test(test_info),
         cmocka_unit_test(test_client_id_and_unknown),
         cmocka_unit_test(test_quit),

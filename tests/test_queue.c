@@ -376,24 +376,39 @@ static void test_free_in_handler(void **state) {
 }
 
 /* The listener refuses answers it cannot accept, and stays usable. A
- * plain synchronous client in a thread talks to it while the loop runs. */
+ * plain synchronous client in a thread talks to it while the loop runs:
+ * as a libtempest peer (TEMPEST PEER first: precise error replies) or as
+ * a foreign worker (+OK to every answer). */
+enum { CLIENT_CMDS = 6 };
+
 typedef struct client_run {
     char host[64];
     int port;
-    long long id;
-    int types[5];
-    char texts[5][160];
+    long long id, id2;
+    bool peer;
+    const char *cmds[CLIENT_CMDS]; /* %lld: id, %lld%lld: id2 */
+    int types[CLIENT_CMDS];
+    char texts[CLIENT_CMDS][160];
     volatile int done;
 } client_run;
+
+static redisReply *client_command(redisContext *c, const client_run *cr, const char *cmd) {
+    if (strstr(cmd, "%lld") == NULL)
+        return redisCommand(c, cmd);
+    if (strstr(cmd, "$2"))
+        return redisCommand(c, cmd + 2, cr->id2);
+    return redisCommand(c, cmd, cr->id);
+}
 
 static void *client_thread(void *arg) {
     client_run *cr = arg;
     redisContext *c = redisConnect(cr->host, cr->port);
-    const char *cmds[5] = {"x 999999 1", "x %lld {bad", "x abc 1", "x %lld \"done\"",
-                           "x %lld \"again\""};
-    for (int i = 0; c && !c->err && i < 5; i++) {
-        redisReply *rep =
-            strstr(cmds[i], "%lld") ? redisCommand(c, cmds[i], cr->id) : redisCommand(c, cmds[i]);
+    redisReply *hello = cr->peer && c && !c->err ? redisCommand(c, "TEMPEST PEER 1") : NULL;
+    if (hello && hello->type != REDIS_REPLY_STATUS)
+        cr->types[0] = -1;
+    freeReplyObject(hello);
+    for (int i = 0; c && !c->err && cr->types[0] != -1 && i < CLIENT_CMDS && cr->cmds[i]; i++) {
+        redisReply *rep = client_command(c, cr, cr->cmds[i]);
         if (rep == NULL)
             break;
         cr->types[i] = rep->type;
@@ -410,17 +425,23 @@ static bool client_done(void *arg) {
     return ((client_run *)arg)->done;
 }
 
+static void run_client(fixture *f, client_run *cr) {
+    assert_int_equal(sscanf(tempest_node_address(f->node), "%63[^:]:%d", cr->host, &cr->port), 2);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, client_thread, cr), 0);
+    assert_true(tt_run_until(f->base, client_done, cr, 5000));
+    pthread_join(t, NULL);
+}
+
 static void test_listener_answers(void **state) {
     fixture *f = *state;
     record r = {0};
-    client_run cr = {0};
+    client_run cr = {
+        .peer = true,
+        .cmds = {"x 999999 1", "x %lld {bad", "x abc 1", "x %lld \"done\"", "x %lld \"again\""}};
     cr.id = tempest_work(f->node, "q12", "x", NULL, NULL, on_answer, &r);
     assert_true(cr.id > 0);
-    assert_int_equal(sscanf(tempest_node_address(f->node), "%63[^:]:%d", cr.host, &cr.port), 2);
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, client_thread, &cr), 0);
-    assert_true(tt_run_until(f->base, client_done, &cr, 5000));
-    pthread_join(t, NULL);
+    run_client(f, &cr);
     assert_int_equal(cr.types[0], REDIS_REPLY_ERROR);
     assert_non_null(strstr(cr.texts[0], "unknown job 999999"));
     assert_int_equal(cr.types[1], REDIS_REPLY_ERROR);
@@ -431,6 +452,37 @@ static void test_listener_answers(void **state) {
     assert_true(tt_run_until(f->base, terminal, &r, 2000));
     assert_int_equal(r.calls, 1);
     assert_string_equal(r.answers[0], "\"done\"");
+    assert_int_equal(tempest_node_answers_dropped(f->node), 0);
+}
+
+/* A foreign worker (no TEMPEST PEER) gets +OK for everything it sends on
+ * the answer path, as from the original front; what cannot be used is
+ * dropped and counted. An undecodable answer ends its job at once
+ * (TEMPEST_EPROTO) instead of leaving the producer to time out, and a
+ * fourth argument the listener does not know is ignored, as the original
+ * ignored it. */
+static void test_listener_answers_foreign(void **state) {
+    fixture *f = *state;
+    record r = {0}, r2 = {0};
+    client_run cr = {.cmds = {"x 999999 1", "x abc 1", "x %lld \"done\" WHATEVER",
+                              "x %lld \"again\"", "$2x %lld {bad", "x %lld 1 MORE"}};
+    cr.id = tempest_work(f->node, "q12f", "x", NULL, NULL, on_answer, &r);
+    cr.id2 = tempest_work(f->node, "q12f", "x", NULL, NULL, on_answer, &r2);
+    assert_true(cr.id > 0 && cr.id2 > 0);
+    run_client(f, &cr);
+    for (int i = 0; i < CLIENT_CMDS; i++) {
+        assert_int_equal(cr.types[i], REDIS_REPLY_STATUS);
+        assert_string_equal(cr.texts[i], "OK");
+    }
+    assert_true(tt_run_until(f->base, terminal, &r, 2000));
+    assert_true(tt_run_until(f->base, terminal, &r2, 2000));
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.statuses[0], 0);
+    assert_string_equal(r.answers[0], "\"done\"");
+    assert_int_equal(r2.calls, 1);
+    assert_int_equal(r2.statuses[0], TEMPEST_EPROTO);
+    /* unknown id, bad id, second final answer, bad JSON, a late MORE */
+    assert_int_equal(tempest_node_answers_dropped(f->node), 5);
 }
 
 /* Two final answers arrive in one read; the first one's callback cancels
@@ -573,14 +625,23 @@ static void test_cancel(void **state) {
 int main(void) {
     tt_require_redis();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),       cmocka_unit_test(test_wait_replicas),
-        cmocka_unit_test(test_streamed_answers), cmocka_unit_test(test_timeout_keeps_job),
-        cmocka_unit_test(test_late_worker),      cmocka_unit_test(test_no_handler),
-        cmocka_unit_test(test_dead_letters),     cmocka_unit_test(test_fire_and_forget),
-        cmocka_unit_test(test_concurrency),      cmocka_unit_test(test_many_workers),
-        cmocka_unit_test(test_loop_and_stop),    cmocka_unit_test(test_free_in_handler),
-        cmocka_unit_test(test_listener_answers), cmocka_unit_test(test_bad_arguments),
-        cmocka_unit_test(test_cancel),           cmocka_unit_test(test_cancel_queued_final_answer),
+        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_wait_replicas),
+        cmocka_unit_test(test_streamed_answers),
+        cmocka_unit_test(test_timeout_keeps_job),
+        cmocka_unit_test(test_late_worker),
+        cmocka_unit_test(test_no_handler),
+        cmocka_unit_test(test_dead_letters),
+        cmocka_unit_test(test_fire_and_forget),
+        cmocka_unit_test(test_concurrency),
+        cmocka_unit_test(test_many_workers),
+        cmocka_unit_test(test_loop_and_stop),
+        cmocka_unit_test(test_free_in_handler),
+        cmocka_unit_test(test_listener_answers),
+        cmocka_unit_test(test_listener_answers_foreign),
+        cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_cancel_queued_final_answer),
     };
     return cmocka_run_group_tests_name("queue", tests, setup, teardown);
 }

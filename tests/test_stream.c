@@ -770,6 +770,7 @@ static void test_check_on_the_wire(void **state) {
     redisAsyncContext *ac = redisAsyncConnect("127.0.0.1", port);
     assert_non_null(ac);
     assert_int_equal(redisLibeventAttach(ac, f->base), REDIS_OK);
+    assert_string_equal(ask(f, ac, "TEMPEST PEER %lld", 1), "+OK");
     long long t0 = tt_now_ms();
     while (f->status == 99 && tt_now_ms() - t0 < 3000) {
         if (f->status == 99)

@@ -203,6 +203,16 @@ TEMPEST_API int tempest_cluster_status(tempest_node *node, const char *ns, tempe
  *  valid until the next call on the node. */
 TEMPEST_API const char *tempest_node_errstr(const tempest_node *node);
 
+/**
+ * Answers the node's listener received from foreign workers (any Redis
+ * client that has not said `TEMPEST PEER`: the Node.js, Ruby and Python
+ * Tempest workers) and could not use: late, unknown, cancelled, duplicate
+ * or undecodable. Each was still acknowledged `+OK`, as the original front
+ * did, since those workers' clients throw on an error reply; they are
+ * logged at most once per 10 s. 0 for NULL.
+ */
+TEMPEST_API unsigned long long tempest_node_answers_dropped(const tempest_node *node);
+
 #ifdef __cplusplus
 }
 #endif
