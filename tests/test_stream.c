@@ -22,7 +22,9 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -784,6 +786,104 @@ static void test_check_on_the_wire(void **state) {
     redisAsyncFree(ac);
 }
 
+/* ---- a foreign streaming worker --------------------------------------- */
+
+/* A worker as the Ruby or Python ones are written: BLPOP, then MORE
+ * answers through a plain synchronous client that never said TEMPEST PEER,
+ * with no error handling: it stops at the first reply that is not +OK. */
+enum { FOREIGN_CHUNKS = 56, FOREIGN_CHUNK = 1 << 20 };
+
+typedef struct foreign_streamer {
+    int redis_port;
+    int oks;    /* +OK replies */
+    bool error; /* any other reply, or a failure */
+    atomic_bool done;
+} foreign_streamer;
+
+static bool foreign_answer(redisContext *c, long long id, const char *json, bool more) {
+    redisReply *rep = more ? redisCommand(c, "url %lld %s MORE", id, json)
+                           : redisCommand(c, "url %lld %s", id, json);
+    bool ok = rep && rep->type == REDIS_REPLY_STATUS && strcmp(rep->str, "OK") == 0;
+    freeReplyObject(rep);
+    return ok;
+}
+
+static void foreign_stream(foreign_streamer *fs, redisContext *c, long long id) {
+    char *json = malloc(FOREIGN_CHUNK + 32);
+    if (json == NULL)
+        return;
+    for (int i = 0; i < FOREIGN_CHUNKS && !fs->error; i++) {
+        int n = snprintf(json, 32, i == 0 ? "[200,{},\"" : "[null,null,\"");
+        memset(json + n, 'a' + i % 26, FOREIGN_CHUNK);
+        memcpy(json + n + FOREIGN_CHUNK, "\"]", 3);
+        if (foreign_answer(c, id, json, true))
+            fs->oks++;
+        else
+            fs->error = true;
+    }
+    if (!fs->error && foreign_answer(c, id, "[null,null,null]", false))
+        fs->oks++;
+    free(json);
+}
+
+static void *foreign_main(void *arg) {
+    foreign_streamer *fs = arg;
+    redisContext *r = redisConnect("127.0.0.1", fs->redis_port), *c = NULL;
+    redisReply *job = r && !r->err ? redisCommand(r, "BLPOP tempest 10") : NULL;
+    json_t *j = job && job->type == REDIS_REPLY_ARRAY && job->elements == 2
+                    ? json_loads(job->element[1]->str, 0, NULL)
+                    : NULL;
+    char host[64];
+    int port;
+    const char *to = j ? json_string_value(json_array_get(j, 2)) : NULL;
+    if (to && sscanf(to, "%63[^:]:%d", host, &port) == 2 &&
+        (c = redisConnect(host, port)) != NULL && !c->err)
+        foreign_stream(fs, c, json_integer_value(json_array_get(j, 3)));
+    else
+        fs->error = true;
+    json_decref(j);
+    freeReplyObject(job);
+    if (c)
+        redisFree(c);
+    if (r)
+        redisFree(r);
+    atomic_store(&fs->done, true);
+    return NULL;
+}
+
+static bool foreign_done(void *arg) {
+    return atomic_load(&((foreign_streamer *)arg)->done);
+}
+
+/* A foreign worker's stream is never held back (its client could time out
+ * on the held +OK and throw), so the front cuts a client that falls too far
+ * behind (32 MiB) instead; the worker gets +OK to every answer, before and
+ * after the cut, and never waits for the client. */
+static void test_foreign_stream_to_slow_client(void **state) {
+    fx *f = *state;
+    start_front(f, 10000);
+    client c = {0};
+    client_plan plan = {.stall_after = 1, .stall_ms = 4000};
+    client_start(&c, f->port, "/foreign", &plan);
+    foreign_streamer fs = {.redis_port = g_redis.port};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, foreign_main, &fs), 0);
+    long long t0 = tt_now_ms();
+    assert_true(tt_run_until(f->base, foreign_done, &fs, WAIT_MS * 3));
+    long long took = tt_now_ms() - t0;
+    pthread_join(t, NULL);
+    assert_false(fs.error);
+    assert_int_equal(fs.oks, FOREIGN_CHUNKS + 1);
+    assert_true(tempest_node_answers_dropped(f->fnode) > 0); /* those after the cut */
+    assert_true(tt_run_until(f->base, client_finished, &c, WAIT_MS));
+    client_reap(&c);
+    print_message("      %d MiB sent by the foreign worker in %lld ms (client stalled 4 s); "
+                  "client read %llu bytes before the cut, %llu answers dropped\n",
+                  FOREIGN_CHUNKS, took, c.r.bytes,
+                  (unsigned long long)tempest_node_answers_dropped(f->fnode));
+    assert_true(c.r.bytes < (unsigned long long)FOREIGN_CHUNKS * FOREIGN_CHUNK);
+}
+
 /* ---- progress ------------------------------------------------------- */
 
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
@@ -866,6 +966,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_cancel_while_unsubscribed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_producer_freed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check_on_the_wire, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_foreign_stream_to_slow_client, setup, teardown),
         cmocka_unit_test_setup_teardown(test_progress_keeps_alive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_progress_times_out, setup, teardown),
     };
