@@ -329,6 +329,9 @@ static void reply_failure(front_req *fr, int status, json_t *answer) {
         snprintf(text, sizeof text, "tempest: no answer within %d ms", fr->front->timeout_ms);
         reply_text(fr->req, 504, text);
         break;
+    case TEMPEST_EPROTO: /* a foreign worker's answer that does not decode */
+        reply_text(fr->req, 502, "tempest: the worker sent a malformed answer");
+        break;
     case TEMPEST_EREMOTE:
         snprintf(text, sizeof text, "tempest: the worker failed: %.200s",
                  json_is_string(answer) ? json_string_value(answer) : "unknown error");

@@ -190,7 +190,9 @@ static void fw_answer(foreign_worker *fw, const char *respond_to, json_int_t id,
     }
     json_t *a = json_pack("[i,{s:s,s:s},s+]", 200, "Content-Type", "text/plain", "X-Answered-By",
                           "ruby", "from a foreign worker: ", url);
-    char *payload = json_dumps(a, JSON_COMPACT);
+    /* "/badjson": an answer that does not decode, as a buggy worker sends */
+    char *payload =
+        strstr(url, "badjson") ? strdup("[200,{},\"unterminated") : json_dumps(a, JSON_COMPACT);
     snprintf(idtext, sizeof idtext, "%" JSON_INTEGER_FORMAT, id);
     const char *select[] = {"SELECT", "0"}, *setname[] = {"CLIENT", "SETNAME", "rubyworker"};
     const char *ping[] = {"PING"}, *url_cmd[] = {"url", idtext, payload};
@@ -546,6 +548,32 @@ static bool handled_two(void *arg) {
     return f->handled == 2 && tempest_worker_in_hand(f->worker) == 0;
 }
 
+/* (a') A foreign worker's answer that does not decode: it gets +OK (its
+ * client would throw on an error reply), and the HTTP client gets 502 at
+ * once instead of waiting for the timeout. */
+static void test_foreign_worker_bad_answer(void **state) {
+    fx *f = *state;
+    tempest_error err = {0};
+    start_node(f);
+    f->front = tempest_front_new(f->node, &(tempest_front_options){.http = "127.0.0.1:0"}, &err);
+    assert_non_null(f->front);
+    f->fw.redis_port = g_redis.port;
+    assert_int_equal(pthread_create(&f->fw.thread, NULL, foreign_worker_main, &f->fw), 0);
+    f->fw.started = true;
+    long long t0 = tt_now_ms();
+    http_start(&f->call, f->base, tempest_front_port(f->front), "/badjson");
+    assert_true(tt_run_until(f->base, call_done, &f->call, WAIT_MS * 2));
+    assert_true(tt_now_ms() - t0 < 10000); /* the front's timeout is 30 s */
+    assert_true(tt_run_until(f->base, fw_finished, &f->fw, WAIT_MS));
+    pthread_join(f->fw.thread, NULL);
+    f->fw.started = false;
+    assert_string_equal(f->fw.error, "");
+    assert_string_equal(f->fw.reply, "OK");
+    assert_int_equal(f->call.status, 502);
+    assert_int_equal(tempest_node_answers_dropped(f->node), 1);
+    assert_int_equal(tempest_front_pending(f->front), 0);
+}
+
 /* (b) A job pushed by hand as the Node.js front does, answered by a C worker. */
 static void test_c_worker_answers_foreign_front(void **state) {
     fx *f = *state;
@@ -639,6 +667,7 @@ int main(void) {
         cmocka_set_test_filter(getenv("TT_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_foreign_worker_answers_c_front, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_foreign_worker_bad_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_c_worker_answers_foreign_front, setup, teardown),
         cmocka_unit_test_setup_teardown(test_c_worker_streams_to_foreign_front, setup, teardown),
     };
