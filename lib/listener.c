@@ -159,7 +159,8 @@ struct tp_session {
     char *secret; /* NULL: no AUTH needed */
     size_t secret_len;
     bool authed;
-    bool peer; /* the client said `TEMPEST PEER`: a libtempest worker */
+    bool peer;  /* the client said `TEMPEST PEER`: a libtempest worker */
+    bool resp3; /* the client said `HELLO 3` */
     int auth_failures;
     tp_command_fn *fn;
     void *arg;
@@ -396,21 +397,27 @@ static int cmd_select(tp_session *s, int argc, const char **argv, const size_t *
     return 0;
 }
 
-static int client_setname(tp_session *s, int argc, const char **argv, const size_t *lens,
-                          struct evbuffer *out) {
+/* Keeps a copy of the connection's name; -1 when out of memory. */
+static int set_name(tp_session *s, const char *arg, size_t len) {
     char *name = NULL;
-    if (argc != 3)
-        return arity_error(out, "client|setname");
-    if (lens[2] > 0 && (name = tp_malloc(lens[2] + 1)) == NULL) {
-        tp_resp_error(out, "ERR out of memory");
-        return 0;
-    }
+    if (len > 0 && (name = tp_malloc(len + 1)) == NULL)
+        return -1;
     if (name != NULL)
-        memcpy(name, argv[2], lens[2] + 1);
+        memcpy(name, arg, len + 1);
     free(s->name);
     s->name = name; /* an empty name clears it, as in Redis */
-    s->name_len = lens[2];
-    tp_resp_status(out, "OK");
+    s->name_len = len;
+    return 0;
+}
+
+static int client_setname(tp_session *s, int argc, const char **argv, const size_t *lens,
+                          struct evbuffer *out) {
+    if (argc != 3)
+        return arity_error(out, "client|setname");
+    if (set_name(s, argv[2], lens[2]) != 0)
+        tp_resp_error(out, "ERR out of memory");
+    else
+        tp_resp_status(out, "OK");
     return 0;
 }
 
@@ -432,6 +439,8 @@ static int cmd_client(tp_session *s, int argc, const char **argv, const size_t *
         return client_setname(s, argc, argv, lens, out);
     if (word_is(sub, n, "GETNAME") && s->name != NULL)
         tp_resp_bulk(out, s->name, s->name_len);
+    else if (word_is(sub, n, "GETNAME") && s->resp3)
+        evbuffer_add(out, "_\r\n", 3); /* RESP3's null */
     else if (word_is(sub, n, "GETNAME"))
         tp_resp_nil(out);
     else if (word_is(sub, n, "ID"))
@@ -454,14 +463,6 @@ static int cmd_command(tp_session *s, int argc, const char **argv, const size_t 
                        struct evbuffer *out) {
     (void)s, (void)argc, (void)argv, (void)lens;
     evbuffer_add(out, "*0\r\n", 4);
-    return 0;
-}
-
-/* RESP3-capable clients fall back to RESP2 on this error, as with Redis 6. */
-static int cmd_hello(tp_session *s, int argc, const char **argv, const size_t *lens,
-                     struct evbuffer *out) {
-    (void)s, (void)argc, (void)argv, (void)lens;
-    tp_resp_error(out, "NOPROTO sorry, this protocol version is not supported");
     return 0;
 }
 
@@ -505,30 +506,120 @@ static bool secret_equal(const char *want, size_t want_len, const char *got, siz
     return (diff | (size_t)(want_len ^ got_len)) == 0;
 }
 
-/*
- * AUTH <secret> or AUTH <user> <secret> (the user is ignored). The
- * password argument lives in the session's own request buffer: it is
- * zeroed once checked. Returns -1 to close after the last allowed failure.
- */
+/* Checks `pass` (zeroed once checked: it lives in the session's request
+ * buffer) against the secret; a wrong one is counted. */
+static bool auth_try(tp_session *s, char *pass, size_t len) {
+    bool ok = s->secret != NULL && secret_equal(s->secret, s->secret_len, pass, len);
+    explicit_bzero(pass, len);
+    if (ok) {
+        s->authed = true;
+        session_limits(s);
+    } else if (s->secret != NULL) {
+        s->auth_failures++;
+    }
+    return ok;
+}
+
+/* After a wrong secret: the error, and -1 to close at the last one allowed. */
+static int auth_refused(tp_session *s, struct evbuffer *out) {
+    tp_resp_error(out, wrongpass_error);
+    return s->auth_failures >= AUTH_MAX_FAILURES ? -1 : 0;
+}
+
+/* AUTH <secret> or AUTH <user> <secret> (the user is ignored). Returns -1
+ * to close after the last allowed failure. */
 static int cmd_auth(tp_session *s, int argc, const char **argv, const size_t *lens,
                     struct evbuffer *out) {
     if (argc != 2 && argc != 3)
         return arity_error(out, "auth");
-    char *pass = (char *)argv[argc - 1];
-    bool ok = s->secret != NULL && secret_equal(s->secret, s->secret_len, pass, lens[argc - 1]);
-    explicit_bzero(pass, lens[argc - 1]);
+    bool ok = auth_try(s, (char *)argv[argc - 1], lens[argc - 1]);
     if (s->secret == NULL) {
         tp_resp_error(out, nopass_error);
         return 0;
     }
-    if (ok) {
-        s->authed = true;
-        session_limits(s);
-        tp_resp_status(out, "OK");
+    if (!ok)
+        return auth_refused(s, out);
+    tp_resp_status(out, "OK");
+    return 0;
+}
+
+/* The server's map that HELLO replies, as a RESP3 map or a RESP2 array. */
+static void hello_reply(const tp_session *s, struct evbuffer *out) {
+    static const char *const text[][2] = {
+        {"server", "redis"}, {"version", "7.0.0"}, {"mode", "standalone"}, {"role", "master"}};
+    evbuffer_add(out, s->resp3 ? "%7\r\n" : "*14\r\n", s->resp3 ? 4 : 5);
+    for (size_t i = 0; i < 2; i++) {
+        tp_resp_bulk(out, text[i][0], strlen(text[i][0]));
+        tp_resp_bulk(out, text[i][1], strlen(text[i][1]));
+    }
+    tp_resp_bulk(out, "proto", 5);
+    tp_resp_integer(out, s->resp3 ? 3 : 2);
+    tp_resp_bulk(out, "id", 2);
+    tp_resp_integer(out, s->id);
+    for (size_t i = 2; i < 4; i++) {
+        tp_resp_bulk(out, text[i][0], strlen(text[i][0]));
+        tp_resp_bulk(out, text[i][1], strlen(text[i][1]));
+    }
+    tp_resp_bulk(out, "modules", 7);
+    evbuffer_add(out, "*0\r\n", 4);
+}
+
+/* The HELLO options after the version: AUTH <user> <pass>, SETNAME <name>.
+ * Returns the index of SETNAME's name (0: none), or -1 after an error reply
+ * (-2: close, the last wrong secret). */
+static int hello_options(tp_session *s, int argc, const char **argv, const size_t *lens,
+                         struct evbuffer *out) {
+    int name = 0;
+    for (int i = 2; i < argc; i++) {
+        if (word_is(argv[i], lens[i], "AUTH") && i + 2 < argc) {
+            i += 2;
+            if (!auth_try(s, (char *)argv[i], lens[i]) && s->secret != NULL)
+                return auth_refused(s, out) - 1;
+        } else if (word_is(argv[i], lens[i], "SETNAME") && i + 1 < argc) {
+            name = ++i;
+        } else {
+            resp_errorf(out, "ERR Syntax error in HELLO option '%.40s'", argv[i]);
+            return -1;
+        }
+    }
+    if (session_locked(s)) {
+        tp_resp_error(out, "NOAUTH HELLO must be called with the client already authenticated, "
+                           "otherwise the HELLO <proto> AUTH <user> <pass> option can be used");
+        return -1;
+    }
+    return name;
+}
+
+/*
+ * HELLO [protover [AUTH user pass] [SETNAME name]], as Redis 6+: the
+ * connection speaks RESP2 or RESP3 from then on, and the reply is the
+ * server's map. Clients that open with HELLO 3 (node-redis 5 and later do
+ * by default, and do not fall back) stay on RESP3; every reply of ours is
+ * the same in both protocols but the null of CLIENT GETNAME.
+ */
+static int cmd_hello(tp_session *s, int argc, const char **argv, const size_t *lens,
+                     struct evbuffer *out) {
+    long proto = s->resp3 ? 3 : 2;
+    if (argc >= 2 && !is_integer(argv[1], lens[1])) {
+        tp_resp_error(out, "ERR Protocol version is not an integer or out of range");
         return 0;
     }
-    tp_resp_error(out, wrongpass_error);
-    return ++s->auth_failures >= AUTH_MAX_FAILURES ? -1 : 0;
+    if (argc >= 2)
+        proto = strtol(argv[1], NULL, 10);
+    if (proto != 2 && proto != 3) {
+        tp_resp_error(out, "NOPROTO unsupported protocol version");
+        return 0;
+    }
+    int name = hello_options(s, argc, argv, lens, out);
+    if (name < 0)
+        return name == -2 ? -1 : 0;
+    if (name > 0 && set_name(s, argv[name], lens[name]) != 0) {
+        tp_resp_error(out, "ERR out of memory");
+        return 0;
+    }
+    s->resp3 = proto == 3;
+    hello_reply(s, out);
+    return 0;
 }
 
 static const struct builtin {

@@ -18,15 +18,13 @@ set -euo pipefail
 
 src=${TEMPEST_SOURCE_ROOT:-$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)}
 build=${TEMPEST_BUILD_ROOT:?TEMPEST_BUILD_ROOT must name the meson build directory}
+# shellcheck disable=SC2034 # read by tests/lib_shell.sh
+tt_name=test_clients
+# shellcheck source=tests/lib_shell.sh
+source "$src/tests/lib_shell.sh"
 clients=$src/tests/clients
 front_bin=$build/examples/front
 chromium_bin=${TEMPEST_CHROMIUM:-/usr/bin/chromium}
-
-say() { echo "test_clients: $*" >&2; }
-fail() {
-    say "FAIL: $*"
-    exit 1
-}
 
 # ---- prerequisites ------------------------------------------------------------
 
@@ -65,86 +63,12 @@ if [[ -n $missing ]]; then
 fi
 [[ -x $front_bin ]] || fail "$front_bin was not built"
 
-# ---- bookkeeping and cleanup ----------------------------------------------------
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/tempest-clients-XXXXXX")
-pids=() # everything we started, stopped in reverse order on exit
-
-stop() { # SIGTERM, up to 5 s (the browser closes Chromium), then SIGKILL
-    local pid deadline=$((SECONDS + 5))
-    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "$@"; do
-        while kill -0 "$pid" 2>/dev/null && [[ $SECONDS -lt $deadline ]]; do sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-}
-
-cleanup() {
-    local i
-    trap - EXIT INT TERM
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop "${pids[$i]}"; done
-    rm -rf -- "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-show() { # the logs of everything, for a failure
-    local f
-    for f in "$tmp"/*.log "$tmp"/*.out; do
-        [[ -f $f ]] || continue
-        echo "---- ${f##*/}" >&2
-        sed 's/^/    /' "$f" >&2
-    done
-}
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # ---- redis and the front ---------------------------------------------------------
 
-redis_port=""
-for attempt in 1 2 3 4 5; do
-    port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
-    if [[ $port == 6379 ]] || port_in_use "$port"; then continue; fi
-    : >"$tmp/redis.log"
-    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-        --dir "$tmp" --daemonize no --logfile "" >"$tmp/redis.log" 2>&1 </dev/null &
-    pid=$!
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        if [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]]; then
-            redis_port=$port
-            break
-        fi
-        sleep 0.1
-    done
-    if [[ -n $redis_port ]]; then
-        pids+=("$pid")
-        break
-    fi
-    say "redis-server did not start on port $port (attempt $attempt):"
-    sed 's/^/    /' "$tmp/redis.log" >&2
-    stop "$pid"
-done
-[[ -n $redis_port ]] || { show; fail "could not start redis-server"; }
+tt_init
+start_redis
 rcli=(redis-cli -p "$redis_port")
-
-# Port 0: the front picks a free port and prints it in its ready line. The
-# logs are created here: a background job opens its redirections only once it
-# runs, so a read of the log right after `&` could find no file (a CI failure).
-: >"$tmp/front.log"
-"$front_bin" --redis "redis://127.0.0.1:$redis_port" --http 127.0.0.1:0 \
-    --cors '*' >"$tmp/front.log" 2>&1 </dev/null &
-front_pid=$!
-pids+=("$front_pid")
-http_port=""
-for _ in $(seq 150); do
-    http_port=$(sed -n 's|^front listening on http://127\.0\.0\.1:\([0-9][0-9]*\).*|\1|p' "$tmp/front.log")
-    [[ -z $http_port ]] || break
-    kill -0 "$front_pid" 2>/dev/null || { show; fail "the front exited early"; }
-    sleep 0.1
-done
-[[ -n $http_port ]] || { show; fail "the front printed no ready line in 15 s"; }
+start_front front --redis "redis://127.0.0.1:$redis_port" --http 127.0.0.1:0 --cors '*'
 url=http://127.0.0.1:$http_port/sub/test
 say "redis on port $redis_port, front on port $http_port; subscribing to $url"
 
@@ -195,6 +119,7 @@ status=0
 for i in "${!names[@]}"; do
     rc=0
     wait "${client_pids[$i]}" || rc=$?
+    forget "${client_pids[$i]}"
     got=$(cat "$tmp/${names[$i]}.out")
     echo "== ${names[$i]} (exit $rc):"
     sed 's/^/    /' "$tmp/${names[$i]}.out"

@@ -329,6 +329,16 @@ static void run_exchanges(tp_session *s, const struct exchange *x, size_t n) {
     evbuffer_free(out);
 }
 
+/* HELLO's reply (session id 1) in RESP2 and RESP3. */
+#define HELLO2                                                                                     \
+    "*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n$5\r\nproto\r\n:2\r\n$" \
+    "2\r\nid\r\n:1\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$"          \
+    "7\r\nmodules\r\n*0\r\n"
+#define HELLO3                                                                                     \
+    "%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n$5\r\nproto\r\n:3\r\n$"  \
+    "2\r\nid\r\n:1\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$"          \
+    "7\r\nmodules\r\n*0\r\n"
+
 static void test_builtins(void **state) {
     (void)state;
     static const struct exchange x[] = {
@@ -358,8 +368,16 @@ static void test_builtins(void **state) {
         {"COMMAND\r\n", "*0\r\n"},
         {"COMMAND DOCS\r\n", "*0\r\n"},
         {"command count\r\n", "*0\r\n"},
-        {"HELLO 3\r\n", "-NOPROTO sorry, this protocol version is not supported\r\n"},
-        {"*1\r\n$5\r\nhello\r\n", "-NOPROTO sorry, this protocol version is not supported\r\n"},
+        {"HELLO 4\r\n", "-NOPROTO unsupported protocol version\r\n"},
+        {"HELLO x\r\n", "-ERR Protocol version is not an integer or out of range\r\n"},
+        {"HELLO 3 FOO BAR\r\n", "-ERR Syntax error in HELLO option 'FOO'\r\n"},
+        {"*1\r\n$5\r\nhello\r\n", HELLO2},
+        {"HELLO 3 AUTH default any SETNAME carol\r\n", HELLO3},
+        {"CLIENT GETNAME\r\n", "$5\r\ncarol\r\n"},
+        {"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$0\r\n\r\n", "+OK\r\n"},
+        {"CLIENT GETNAME\r\n", "_\r\n"}, /* RESP3's null */
+        {"HELLO 2\r\n", HELLO2},
+        {"CLIENT GETNAME\r\n", "$-1\r\n"},
         {"READONLY\r\n", "+OK\r\n"},
         {"readwrite\r\n", "+OK\r\n"},
         {"INFO nosuchsection\r\n", "$0\r\n\r\n"},

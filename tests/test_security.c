@@ -108,11 +108,21 @@ static void test_noauth_first(void **state) {
     sess_expect(&x, LIT("CLIENT SETNAME x\r\nINFO\r\nSELECT 0\r\nECHO hi\r\n"), 0,
                 NOAUTH NOAUTH NOAUTH NOAUTH);
     sess_expect(&x, LIT("HELLO 3\r\n"), 0,
-                "-NOPROTO sorry, this protocol version is not supported\r\n");
+                "-NOAUTH HELLO must be called with the client already authenticated, otherwise "
+                "the HELLO <proto> AUTH <user> <pass> option can be used\r\n");
     assert_int_equal(x.calls, 0); /* nothing reached the owner */
     sess_expect(&x, LIT("*2\r\n$4\r\nauth\r\n$13\r\n" SECRET "\r\n"), 0, "+OK\r\n");
     sess_expect(&x, LIT("PING\r\nurl 1 []\r\n"), 0, "+PONG\r\n+DONE\r\n");
     assert_int_equal(x.calls, 1);
+    sess_close(&x);
+
+    sess_open(&x, SECRET); /* HELLO with AUTH: a wrong secret counts, the right one opens */
+    sess_expect(&x, LIT("HELLO 3 AUTH default nope\r\n"), 0, WRONGPASS);
+    sess_expect(&x, LIT("HELLO 2 AUTH default " SECRET "\r\n"), 0,
+                "*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n"
+                "$5\r\nproto\r\n:2\r\n$2\r\nid\r\n:1\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n"
+                "$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n");
+    sess_expect(&x, LIT("PING\r\n"), 0, "+PONG\r\n");
     sess_close(&x);
 
     sess_open(&x, SECRET); /* QUIT works before AUTH */
