@@ -21,7 +21,6 @@
 
 #include "cluster.h"
 #include "presence.h"
-#include "session.h"
 #include "worker.h"
 
 static void destroy(tempest_worker *w);
@@ -400,7 +399,7 @@ static void free_events(tempest_worker *w) {
 
 static void destroy(tempest_worker *w) {
     tp_map_del(&w->node->workers, w->serial);
-    tp_session_cancel_all(&w->session_ops);
+    tp_worker_cancel_calls(w);
     if (w->joined)
         tp_presence_leave(w->node, w);
     if (w->queues)

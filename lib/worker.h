@@ -17,6 +17,7 @@
 
 #include "node.h"
 #include "scripts.h"
+#include "worker_job.h"
 
 typedef struct handler {
     char *action;
@@ -128,9 +129,9 @@ struct tempest_worker {
     int recovering;                          /* processing lists being checked after a reconnect */
     bool was_up;                             /* the take connection was up before */
     struct event *signals[2];
-    struct take *take;                 /* the acks the take in flight carries, or NULL */
-    struct tp_session_op *session_ops; /* session calls in flight (lib/session.c) */
-    int next_queue; /* Redis Cluster, several queues: the queue of the next take */
+    struct take *take;  /* the acks the take in flight carries, or NULL */
+    tp_job_call *calls; /* calls in flight for its jobs (lib/worker_job.h) */
+    int next_queue;     /* Redis Cluster, several queues: the queue of the next take */
     bool started, stopping, taking, last_empty, leaving, finished, flush_expired;
     int depth;
     bool freeing;
@@ -238,6 +239,8 @@ int tp_job_abandoned(tempest_job *job);
 /** An answer to a cancelled job: a final one finishes it; returns
  *  TEMPEST_ECANCELED. */
 int tp_job_refused(tempest_job *job, bool more);
+/** The worker is being freed: every call in flight is cancelled. */
+void tp_worker_cancel_calls(tempest_worker *w);
 
 /* ---- lib/worker_answer.c: answers to producers ------------------------ */
 

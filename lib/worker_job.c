@@ -3,15 +3,15 @@
  * Dispatch: the handlers by action, the job object and its API. A decoded
  * job becomes a tempest_job in its worker's list and runs its handler
  * inside the take's reply callback; done and fail end it here, answers go
- * through lib/worker_answer.c. A finished job detaches from its session
- * calls in flight (lib/session.c).
+ * through lib/worker_answer.c. The job's calls in flight made by layers
+ * above (sessions, lib/worker_job.h) are linked here too, so that a
+ * finished job detaches from them and a freed worker cancels them.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include "session.h"
 #include "worker.h"
 
 TEMPEST_API int tempest_worker_on(tempest_worker *w, const char *action, tempest_handler_fn *fn,
@@ -97,9 +97,16 @@ bool tp_job_dispatch(tempest_worker *w, int qi, tp_job_parts *parts, const char 
     return tp_worker_leave(w);
 }
 
+/* The job is being freed: its calls in flight will report job == NULL. */
+static void calls_job_gone(tempest_worker *w, const tempest_job *job) {
+    for (tp_job_call *c = w->calls; c; c = c->next)
+        if (c->job == job)
+            c->job = NULL;
+}
+
 void tp_job_free(tempest_job *job) {
     tempest_worker *w = job->w;
-    tp_session_job_gone(&w->session_ops, job);
+    calls_job_gone(w, job);
     if (job->prev)
         job->prev->next = job->next;
     else
@@ -207,6 +214,33 @@ tempest_node *tp_job_node(const tempest_job *job) {
     return job->w->node;
 }
 
-struct tp_session_op **tp_job_session_ops(tempest_job *job) {
-    return &job->w->session_ops;
+void tp_job_call_link(tp_job_call *c) {
+    tp_job_call **head = &c->job->w->calls;
+    c->head = head;
+    c->prev = NULL;
+    c->next = *head;
+    if (*head)
+        (*head)->prev = c;
+    *head = c;
+}
+
+void tp_job_call_unlink(tp_job_call *c) {
+    if (c->head == NULL)
+        return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        *c->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->head = NULL;
+}
+
+void tp_worker_cancel_calls(tempest_worker *w) {
+    while (w->calls) {
+        tp_job_call *c = w->calls;
+        tp_job_call_unlink(c);
+        c->job = NULL;
+        c->cancel(c);
+    }
 }
