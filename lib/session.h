@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Sessions: the front's signed cookie (issue, verify, refresh) and the
- * worker's pending session calls (include/tempest/session.h). The front
- * and the worker each keep one hook into this file.
+ * Sessions, front side: the front's signed cookie (issue, verify,
+ * refresh), lib/session.c. The worker side, the job's session calls of
+ * include/tempest/session.h, is lib/session_job.c and needs nothing here.
  */
 #ifndef TEMPEST_SESSION_PRIV_H
 #define TEMPEST_SESSION_PRIV_H
@@ -11,12 +11,9 @@
 #include <tempest/tempest.h>
 
 struct evhttp_request;
-struct tp_session_op;
 
 /** Hex digits of a session id (128 random bits). */
 #define TP_SID_LEN 32
-
-/* ---- front ---------------------------------------------------------- */
 
 typedef struct tp_sessions tp_sessions;
 
@@ -42,19 +39,5 @@ void tp_sessions_begin(tp_sessions *s, struct tempest_node *node, struct evhttp_
 /** Adds `"session"` and `"session_ttl"` to the `url` request object
  *  (borrowed) when `sid` is not empty. Returns 0 or TEMPEST_ENOMEM. */
 int tp_sessions_annotate(const tp_sessions *s, json_t *request, const char *sid);
-
-/* ---- worker --------------------------------------------------------- */
-
-/** The job's node and its worker's list of session calls in flight
- *  (lib/worker.c owns both). */
-struct tempest_node *tp_job_node(const tempest_job *job);
-struct tp_session_op **tp_job_session_ops(tempest_job *job);
-
-/** The job is being freed: its calls in flight will report job == NULL. */
-void tp_session_job_gone(struct tp_session_op **ops, const tempest_job *job);
-
-/** The worker is being freed: every call in flight reports
- *  TEMPEST_ECANCELED now, and nothing later. */
-void tp_session_cancel_all(struct tp_session_op **ops);
 
 #endif
