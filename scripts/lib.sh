@@ -17,6 +17,17 @@ TEMPEST_ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 TEMPEST_BUILD_PACKAGES=(gcc libc6-dev meson ninja-build pkg-config
     libhiredis-dev libevent-dev libjansson-dev libcmocka-dev redis-server)
 
+# What CI checks beyond the build and the tests, installed by .ci/run:
+# clang-format for the formatting check and cmake for tests/test_cmake.sh
+# (the CMake consumer test, which fails under CI=true without it).
+# shellcheck disable=SC2034
+TEMPEST_CI_PACKAGES=(clang-format cmake)
+
+# What scripts/check-docs needs: Doxygen, for the API reference of the
+# public headers (the `docs` target of meson.build also uses it when found).
+# shellcheck disable=SC2034
+TEMPEST_DOCS_PACKAGES=(doxygen)
+
 tempest_die() {
     echo "scripts/$(basename -- "$0"): $*" >&2
     exit 1

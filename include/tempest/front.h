@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/*
+/**
+ * @file
  * The HTTP front: an evhttp server that turns every request into a queued
  * `url` job, keeps the connection open until a worker answers (or streams
  * the answer as a chunked response), and maps failures to HTTP statuses;
@@ -15,6 +16,7 @@
 extern "C" {
 #endif
 
+/** An HTTP front (opaque): tempest_front_new() makes one on a node. */
 typedef struct tempest_front tempest_front;
 
 /** Front options. Zero (or NULL) means the default of each field. */
@@ -52,10 +54,11 @@ typedef struct tempest_front_options {
      *  against clients that send a byte at a time (slow loris), which the
      *  idle io_timeout_ms never catches; 0: 10000. */
     int header_timeout_ms;
-    /** Sessions (README, "Sessions"): every request without a valid
+    /** Sessions (docs/sessions.md): a signed cookie and a Redis hash for
+     *  each browser. Every request without a valid
      *  session cookie gets a new random 128-bit id in a signed cookie
-     *  (`Set-Cookie: <session_cookie>=<id>.<signature>; Path=/; HttpOnly;
-     *  SameSite=Lax`), and every `url` job carries the id (`"session"`)
+     *  (`Set-Cookie: <session_cookie>=<id>.<signature>`, with
+     *  `Path=/; HttpOnly; SameSite=Lax`), and every `url` job carries the id (`"session"`)
      *  and the idle TTL (`"session_ttl"`, ms) in its request object. A
      *  missing, forged or tampered cookie is ignored and a new session
      *  issued. Each request with a valid cookie refreshes the TTL of the
@@ -75,7 +78,7 @@ typedef struct tempest_front_options {
     /** Adds `Secure` to the cookie (the site is served over HTTPS, e.g.
      *  behind a TLS proxy). */
     bool session_secure;
-    /** Cached answers (README, "Cached answers"): a worker marks a final
+    /** Cached answers (docs/sessions.md): a worker marks a final
      *  answer cacheable for N ms with the answer header `X-Tempest-Cache:
      *  N`; the front then answers identical GET requests (same Host, URL,
      *  and the request headers the answer names in `Vary`) from Redis,
@@ -90,39 +93,65 @@ typedef struct tempest_front_options {
 } tempest_front_options;
 
 /**
- * Creates a front on `node` (borrowed; must outlive the front), binds the
- * HTTP address at once and opens the node listener. Requests are answered:
- * with the worker's `[status, headers, body]`; 504 after timeout_ms; 503
- * while Redis is down or max_pending is reached; 413 over max_body; 502 for
- * a malformed answer. `GET /sub/<channel>` (the rest of the path,
- * percent-decoded; the query is ignored) is not a job: it answers 200
- * `text/event-stream` and streams the channel's pub/sub messages as
- * Server-Sent Events (README, "Server-Sent Events"); 404 for an empty
- * channel, 503 past max_streams.
- * Returns NULL with `err` (optional) filled: TEMPEST_EADDR when an address
- * cannot be bound, TEMPEST_EINVAL, TEMPEST_ENOMEM.
+ * Creates a front on `node`, binds the HTTP address at once and opens the
+ * node listener. Requests are answered: with the worker's
+ * `[status, headers, body]`; 504 after timeout_ms; 503 while Redis is down
+ * or max_pending is reached; 413 over max_body; 502 for a malformed answer.
+ * `GET /sub/<channel>` (the rest of the path, percent-decoded; the query is
+ * ignored) is not a job: it answers 200 `text/event-stream` and streams the
+ * channel's pub/sub messages as Server-Sent Events (docs/sse.md); 404 for
+ * an empty channel, 503 past max_streams.
+ *
+ * @param node the node (borrowed; it must outlive the front)
+ * @param options the options (borrowed during the call); NULL: defaults
+ * @param err where to explain a failure (optional)
+ * @return the front, or NULL with `err` filled: TEMPEST_EADDR when an
+ *         address cannot be bound, TEMPEST_EINVAL, TEMPEST_ENOMEM.
  */
 TEMPEST_API tempest_front *
 tempest_front_new(tempest_node *node, const tempest_front_options *options, tempest_error *err);
 
-/** The bound HTTP port (useful with port 0). */
+/**
+ * The bound HTTP port (useful with port 0).
+ * @param front the front
+ * @return the port
+ */
 TEMPEST_API int tempest_front_port(const tempest_front *front);
 
-/** Requests waiting for an answer now. */
+/**
+ * Requests waiting for an answer now.
+ * @param front the front
+ * @return their number
+ */
 TEMPEST_API size_t tempest_front_pending(const tempest_front *front);
 
-/** Server-Sent Events streams (`GET /sub/<channel>`) open now. */
+/**
+ * Server-Sent Events streams (`GET /sub/<channel>`) open now.
+ * @param front the front
+ * @return their number
+ */
 TEMPEST_API size_t tempest_front_streams(const tempest_front *front);
 
-/** Streams dropped so far because their client was too slow (unsent output
- *  past sse_max_buffered). */
+/**
+ * Streams dropped so far because their client was too slow (unsent output
+ * past sse_max_buffered).
+ * @param front the front
+ * @return their number since the front was created
+ */
 TEMPEST_API unsigned long long tempest_front_sse_dropped(const tempest_front *front);
 
-/** Connections closed because they missed header_timeout_ms. */
+/**
+ * Connections closed because they missed header_timeout_ms.
+ * @param front the front
+ * @return their number since the front was created
+ */
 TEMPEST_API unsigned long long tempest_front_slow_cut(const tempest_front *front);
 
-/** Frees the front: closes the HTTP server and its connections, and cancels
- *  the jobs of requests still waiting. NULL does nothing. */
+/**
+ * Frees the front: closes the HTTP server and its connections, and cancels
+ * the jobs of requests still waiting.
+ * @param front the front; NULL does nothing
+ */
 TEMPEST_API void tempest_front_free(tempest_front *front);
 
 #ifdef __cplusplus

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/*
+/**
+ * @file
  * The node: one process's membership in a Tempest cluster. A node owns the
  * Redis command connection (with reconnection), its numeric id, and the
  * node listener, a small RESP server on which other nodes answer the jobs
@@ -19,6 +20,7 @@ struct event_base;
 extern "C" {
 #endif
 
+/** A node (opaque): one process's membership in the cluster. */
 typedef struct tempest_node tempest_node;
 
 /** State of the node's Redis connection, as told to tempest_state_fn. */
@@ -111,15 +113,17 @@ typedef struct tempest_node_options {
 } tempest_node_options;
 
 /**
- * Creates a node on `base` and starts connecting to Redis (the connection
- * completes on the loop; tempest_node_new never blocks). When `base` is NULL
- * the node creates its own event_base, which tempest_worker_loop() runs and
- * tempest_node_free() frees. Once connected, the node takes its id with
- * `INCR cluster.ids` (kept across reconnects).
+ * Creates a node and starts connecting to Redis (the connection completes
+ * on the loop; tempest_node_new never blocks). Once connected, the node
+ * takes its id with `INCR cluster.ids` (kept across reconnects). An
+ * unreachable Redis is not an error here: the node retries with backoff.
  *
- * Returns the node, or NULL with `err` (optional) filled: TEMPEST_EINVAL or
- * TEMPEST_EADDR for a bad option or URL, TEMPEST_ENOMEM. An unreachable
- * Redis is not an error here: the node retries with backoff.
+ * @param base the event_base to run on; NULL: the node creates its own,
+ *        which tempest_worker_loop() runs and tempest_node_free() frees
+ * @param options the options (borrowed during the call); NULL: defaults
+ * @param err where to explain a failure (optional)
+ * @return the node, or NULL with `err` filled: TEMPEST_EINVAL or
+ *         TEMPEST_EADDR for a bad option or URL, TEMPEST_ENOMEM.
  */
 TEMPEST_API tempest_node *tempest_node_new(struct event_base *base,
                                            const tempest_node_options *options, tempest_error *err);
@@ -132,34 +136,55 @@ TEMPEST_API tempest_node *tempest_node_new(struct event_base *base,
  * Redis connection closes), so that they stop rather than retry answers
  * nobody can take.
  * Free the workers and fronts built on the node first. Safe from any
- * callback of the node; NULL does nothing.
+ * callback of the node.
+ *
+ * @param node the node; NULL does nothing
  */
 TEMPEST_API void tempest_node_free(tempest_node *node);
 
-/** The event_base the node runs on (borrowed). */
+/**
+ * The event_base the node runs on.
+ * @param node the node
+ * @return the base (borrowed)
+ */
 TEMPEST_API struct event_base *tempest_node_base(const tempest_node *node);
 
-/** One of enum tempest_node_state. */
+/**
+ * The state of the node's Redis connection.
+ * @param node the node
+ * @return one of enum tempest_node_state
+ */
 TEMPEST_API int tempest_node_state(const tempest_node *node);
 
-/** The node's cluster id from `INCR cluster.ids`, or 0 before it is known. */
+/**
+ * The node's cluster id, from `INCR cluster.ids`.
+ * @param node the node
+ * @return the id, or 0 before it is known
+ */
 TEMPEST_API long long tempest_node_id(const tempest_node *node);
 
 /**
  * Opens the node listener now (it is otherwise opened when first needed).
- * Returns 0, or TEMPEST_EADDR when the address cannot be bound. Calling it
- * again is harmless.
+ * Calling it again is harmless.
+ * @param node the node
+ * @return 0, or TEMPEST_EADDR when the address cannot be bound.
  */
 TEMPEST_API int tempest_node_listen(tempest_node *node) TEMPEST_MUST_CHECK;
 
 /**
  * The advertised `host:port` of the node listener (the `respond_to` of this
- * node's jobs), or NULL while it is not open. Borrowed; valid until the node
- * is freed.
+ * node's jobs).
+ * @param node the node
+ * @return the address, or NULL while the listener is not open. Borrowed;
+ *         valid until the node is freed.
  */
 TEMPEST_API const char *tempest_node_address(const tempest_node *node);
 
-/** The namespace of the node (borrowed; never NULL). */
+/**
+ * The namespace of the node.
+ * @param node the node
+ * @return the namespace (borrowed; never NULL)
+ */
 TEMPEST_API const char *tempest_node_namespace(const tempest_node *node);
 
 /**
@@ -172,8 +197,8 @@ TEMPEST_API const char *tempest_node_namespace(const tempest_node *node);
 typedef void tempest_status_fn(tempest_node *node, int status, json_t *snapshot, void *arg);
 
 /**
- * Reads what the cluster's nodes publish about themselves in namespace
- * `ns` (NULL: the node's), in one script call (in Redis Cluster mode, where
+ * Reads what the cluster's nodes publish about themselves in a namespace,
+ * in one script call (in Redis Cluster mode, where
  * those keys live on different masters: one read for the live ids, one for
  * their records, then one per queue and per service, all in flight
  * together; each queue's counts are read atomically, the whole is not),
@@ -190,17 +215,26 @@ typedef void tempest_status_fn(tempest_node *node, int status, json_t *snapshot,
  *                 "error": "<Redis error>" instead of the counts)
  *      "services": [{"service", "namespace", "responders": ["host:port"]}]}
  *
- * Records are at most heartbeat_ms old. Counters (README, "Monitor"):
+ * Records are at most heartbeat_ms old. Counters (docs/monitor.md):
  * front requests/in_flight/errors/streams, worker jobs/in_flight/failed,
  * responder requests/in_flight/errors, requester requests/errors.
- * Returns 0 (then `fn` runs exactly once), or TEMPEST_EINVAL,
- * TEMPEST_EDOWN (not connected now), TEMPEST_ENOMEM (`fn` never runs).
+ *
+ * @param node the node whose Redis connection reads
+ * @param ns the namespace; NULL: the node's
+ * @param fn receives the snapshot
+ * @param arg passed to `fn`
+ * @return 0 (then `fn` runs exactly once), or TEMPEST_EINVAL, TEMPEST_EDOWN
+ *         (not connected now), TEMPEST_ENOMEM (`fn` never runs).
  */
 TEMPEST_API int tempest_cluster_status(tempest_node *node, const char *ns, tempest_status_fn *fn,
                                        void *arg) TEMPEST_MUST_CHECK;
 
-/** The text of the node's last error (never NULL; "" when none). Borrowed;
- *  valid until the next call on the node. */
+/**
+ * The text of the node's last error.
+ * @param node the node
+ * @return the text (never NULL; "" when none). Borrowed; valid until the
+ *         next call on the node.
+ */
 TEMPEST_API const char *tempest_node_errstr(const tempest_node *node);
 
 /**
@@ -209,7 +243,10 @@ TEMPEST_API const char *tempest_node_errstr(const tempest_node *node);
  * Tempest workers) and could not use: late, unknown, cancelled, duplicate
  * or undecodable. Each was still acknowledged `+OK`, as the original front
  * did, since those workers' clients throw on an error reply; they are
- * logged at most once per 10 s. 0 for NULL.
+ * logged at most once per 10 s.
+ *
+ * @param node the node
+ * @return their number since the node was created; 0 for NULL.
  */
 TEMPEST_API unsigned long long tempest_node_answers_dropped(const tempest_node *node);
 

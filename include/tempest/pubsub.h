@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/*
+/**
+ * @file
  * Publisher and subscriber: Redis pub/sub with the Tempest message format
  * (`[data]`, `[event, data]`, `["$unsubscribe"]`). One subscribe connection
  * per node carries every local subscription, reference-counted: any number
@@ -17,7 +18,10 @@
 extern "C" {
 #endif
 
+/** A publisher (opaque): publishes on any channel through its node. */
 typedef struct tempest_publisher tempest_publisher;
+/** A subscriber (opaque): one callback for the channels and patterns it
+ *  subscribes to. */
 typedef struct tempest_subscriber tempest_subscriber;
 
 /** Publisher options. Zero (or NULL) means the default. */
@@ -38,32 +42,62 @@ typedef struct tempest_publisher_options {
 typedef void tempest_published_fn(tempest_publisher *pub, int status, long long receivers,
                                   const char *id, void *arg);
 
-/** Creates a publisher on `node` (borrowed; must outlive it). NULL with `err`
- *  filled on a bad option or no memory. */
+/**
+ * Creates a publisher on a node.
+ * @param node the node (borrowed; it must outlive the publisher)
+ * @param options the options (borrowed during the call); NULL: defaults
+ * @param err where to explain a failure (optional)
+ * @return the publisher, or NULL with `err` filled on a bad option or no
+ *         memory.
+ */
 TEMPEST_API tempest_publisher *tempest_publisher_new(tempest_node *node,
                                                      const tempest_publisher_options *options,
                                                      tempest_error *err);
 
-/** Frees the publisher; publications in flight get TEMPEST_ECANCELED. NULL
- *  does nothing. Safe from its own callback. */
+/**
+ * Frees the publisher; publications in flight get TEMPEST_ECANCELED. Safe
+ * from its own callback.
+ * @param pub the publisher; NULL does nothing
+ */
 TEMPEST_API void tempest_publisher_free(tempest_publisher *pub);
 
 /**
- * Publishes `[data]`, or `[event, data]` when `event` is not NULL, on
- * `channel` (strings borrowed, copied at once; valid UTF-8). `done` may be
- * NULL. Returns 0 (then `done` runs exactly once, later), TEMPEST_EINVAL,
- * TEMPEST_EDOWN (Redis not connected) or TEMPEST_ENOMEM.
+ * Publishes `[data]`, or `[event, data]` when `event` is not NULL. The
+ * strings are borrowed, copied at once, and must be valid UTF-8.
+ *
+ * @param pub the publisher
+ * @param channel the channel
+ * @param event the event name, or NULL for a plain message
+ * @param data the data
+ * @param done told the outcome; may be NULL
+ * @param arg passed to `done`
+ * @return 0 (then `done` runs exactly once, later), TEMPEST_EINVAL,
+ *         TEMPEST_EDOWN (Redis not connected) or TEMPEST_ENOMEM.
  */
 TEMPEST_API int tempest_publish(tempest_publisher *pub, const char *channel, const char *event,
                                 const char *data, tempest_published_fn *done, void *arg);
 
-/** Publishes the end of stream `["$unsubscribe"]` on `channel`: listeners
- *  stop. Same returns as tempest_publish. */
+/**
+ * Publishes the end of stream `["$unsubscribe"]`: listeners stop.
+ * @param pub the publisher
+ * @param channel the channel (borrowed)
+ * @param done told the outcome; may be NULL
+ * @param arg passed to `done`
+ * @return as tempest_publish().
+ */
 TEMPEST_API int tempest_publish_end(tempest_publisher *pub, const char *channel,
                                     tempest_published_fn *done, void *arg);
 
-/** Publishes `len` bytes that are already an encoded message, as they are.
- *  Same returns as tempest_publish. */
+/**
+ * Publishes bytes that are already an encoded message, as they are.
+ * @param pub the publisher
+ * @param channel the channel (borrowed)
+ * @param payload the message (borrowed, copied at once)
+ * @param len its length in bytes
+ * @param done told the outcome; may be NULL
+ * @param arg passed to `done`
+ * @return as tempest_publish().
+ */
 TEMPEST_API int tempest_publish_raw(tempest_publisher *pub, const char *channel,
                                     const char *payload, size_t len, tempest_published_fn *done,
                                     void *arg);
@@ -92,34 +126,53 @@ typedef void tempest_message_fn(tempest_subscriber *sub, int what, const char *c
                                 const char *event, const char *data, size_t len, void *arg);
 
 /**
- * Creates a subscriber on `node` (borrowed; must outlive it) that calls
- * `fn` for every message of the channels and patterns it subscribes to.
- * NULL with `err` filled on a bad argument or no memory.
+ * Creates a subscriber that calls `fn` for every message of the channels
+ * and patterns it subscribes to.
+ * @param node the node (borrowed; it must outlive the subscriber)
+ * @param fn the callback
+ * @param arg passed to `fn`
+ * @param err where to explain a failure (optional)
+ * @return the subscriber, or NULL with `err` filled on a bad argument or no
+ *         memory.
  */
 TEMPEST_API tempest_subscriber *tempest_subscriber_new(tempest_node *node, tempest_message_fn *fn,
                                                        void *arg, tempest_error *err);
 
 /**
- * Subscribes to `channel` (copied); with `pattern`, `channel` is a glob
- * pattern (PSUBSCRIBE). Idempotent. The first local subscriber of a
- * channel sends SUBSCRIBE; later ones cost nothing. Returns 0,
- * TEMPEST_EINVAL or TEMPEST_ENOMEM. Works while Redis is down: the
- * subscription is made when the connection comes up.
+ * Subscribes to a channel or a pattern. Idempotent. The first local
+ * subscriber of a channel sends SUBSCRIBE; later ones cost nothing. Works
+ * while Redis is down: the subscription is made when the connection comes
+ * up.
+ * @param sub the subscriber
+ * @param channel the channel (copied)
+ * @param pattern `channel` is a glob pattern (PSUBSCRIBE)
+ * @return 0, TEMPEST_EINVAL or TEMPEST_ENOMEM.
  */
 TEMPEST_API int tempest_subscribe(tempest_subscriber *sub, const char *channel, bool pattern);
 
-/** Unsubscribes from `channel` (or the pattern); the last local subscriber
- *  of it sends UNSUBSCRIBE. Returns 0, or TEMPEST_EINVAL when not
- *  subscribed. */
+/**
+ * Unsubscribes from a channel or a pattern; the last local subscriber of it
+ * sends UNSUBSCRIBE.
+ * @param sub the subscriber
+ * @param channel the channel or pattern
+ * @param pattern as given to tempest_subscribe()
+ * @return 0, or TEMPEST_EINVAL when not subscribed.
+ */
 TEMPEST_API int tempest_unsubscribe(tempest_subscriber *sub, const char *channel, bool pattern);
 
-/** Frees the subscriber and its subscriptions; NULL does nothing. Safe from
- *  its own callback. */
+/**
+ * Frees the subscriber and its subscriptions. Safe from its own callback.
+ * @param sub the subscriber; NULL does nothing
+ */
 TEMPEST_API void tempest_subscriber_free(tempest_subscriber *sub);
 
-/** Number of distinct channels and patterns the node is subscribed to in
- *  Redis: SUBSCRIBE (or PSUBSCRIBE) sent and confirmed on the current
- *  connection. For tests and monitors. */
+/**
+ * Number of distinct channels and patterns the node is subscribed to in
+ * Redis: SUBSCRIBE (or PSUBSCRIBE) sent and confirmed on the current
+ * connection. For tests and monitors.
+ * @param node the node
+ * @return that number
+ */
 TEMPEST_API size_t tempest_node_subscriptions(const tempest_node *node);
 
 #ifdef __cplusplus

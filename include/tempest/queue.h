@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/*
+/**
+ * @file
  * Producing jobs: push a job onto a Redis list (a queue) for any worker of
  * any language to take, and receive its answers on the node listener. Jobs
  * use the compatible four-element format of the Tempest protocol. Same
@@ -73,35 +74,45 @@ typedef struct tempest_work_options {
  * answers as described above; with `on_answer == NULL` the job is fire and
  * forget (respond_to is null) and nothing is called back.
  *
- * `args` is borrowed and must be a JSON array (NULL means `[]`). `options`
- * may be NULL; `replicas` without `on_answer`, or a negative `replicas` or
- * `replicas_timeout_ms`, is TEMPEST_EINVAL. The action name `auth` is reserved (the listener's
- * AUTH).
- *
- * Returns the job id (> 0, unique within the node), or a negative code:
- * TEMPEST_EINVAL (bad argument), TEMPEST_EDOWN (Redis is not connected now),
- * TEMPEST_EADDR (listener cannot be opened), TEMPEST_ENOMEM. On error the
- * callback never runs.
+ * @param node the producer's node
+ * @param queue the Redis list to push onto
+ * @param action the job's action; `auth` is reserved (the listener's AUTH)
+ * @param args the arguments (borrowed): a JSON array; NULL means `[]`
+ * @param options may be NULL; `replicas` without `on_answer`, or a negative
+ *        `replicas` or `replicas_timeout_ms`, is TEMPEST_EINVAL
+ * @param on_answer receives the answers; NULL: fire and forget
+ * @param arg passed to `on_answer`
+ * @return the job id (> 0, unique within the node), or a negative code:
+ *         TEMPEST_EINVAL (bad argument), TEMPEST_EDOWN (Redis is not
+ *         connected now), TEMPEST_EADDR (listener cannot be opened),
+ *         TEMPEST_ENOMEM. On error the callback never runs.
  */
 TEMPEST_API long long tempest_work(tempest_node *node, const char *queue, const char *action,
                                    json_t *args, const tempest_work_options *options,
                                    tempest_answer_fn *on_answer, void *arg) TEMPEST_MUST_CHECK;
 
 /**
- * Stops waiting for job `job_id`: its callback is not called again (not
+ * Stops waiting for a job: its callback is not called again (not
  * even for answers already received but not yet delivered), and a later
  * answer from a worker is refused with `-CANCELED` (the node remembers the
  * last 1024 cancelled ids; older ones get `-ERR unknown job`). The worker
  * that holds the job is told at once through Redis (`PUBLISH
  * tempest:cancel:<this node's address>`): a libtempest worker's
  * tempest_job_active() turns false and its cancel callback runs. The job
- * itself stays in the queue if no worker has taken it yet. Returns 0, or
- * TEMPEST_EINVAL when no such job is pending (already finished, timed out
- * or cancelled).
+ * itself stays in the queue if no worker has taken it yet.
+ *
+ * @param node the producer's node
+ * @param job_id the id tempest_work() returned
+ * @return 0, or TEMPEST_EINVAL when no such job is pending (already
+ *         finished, timed out or cancelled).
  */
 TEMPEST_API int tempest_work_cancel(tempest_node *node, long long job_id);
 
-/** Number of jobs of this node still waiting for their final answer. */
+/**
+ * Number of jobs of this node still waiting for their final answer.
+ * @param node the producer's node
+ * @return that number
+ */
 TEMPEST_API size_t tempest_work_pending(const tempest_node *node);
 
 #ifdef __cplusplus

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/*
+/**
+ * @file
  * Requester and responder: one-to-one calls between nodes. A responder
  * serves a named service on its node's listener and advertises the
  * listener's address in Redis (a registry with a time-to-live, refreshed by
@@ -22,9 +23,13 @@
 extern "C" {
 #endif
 
+/** The node (see node.h), declared again so that this header stands alone. */
 typedef struct tempest_node tempest_node;
+/** A responder (opaque): serves one service on its node's listener. */
 typedef struct tempest_responder tempest_responder;
+/** A requester (opaque): calls the live responders of one service. */
 typedef struct tempest_requester tempest_requester;
+/** One request to a responder (opaque), valid until it is answered. */
 typedef struct tempest_request tempest_request;
 
 /* ---- responder -------------------------------------------------------- */
@@ -62,21 +67,30 @@ typedef struct tempest_responder_options {
 typedef void tempest_request_fn(tempest_responder *r, tempest_request *req, void *arg);
 
 /**
- * Creates a responder of `options->service` on `node` (borrowed; must
- * outlive it), opening the node listener if needed. It advertises itself
- * from the next turn of the loop (register the handlers first) and for as
- * long as it lives. NULL with `err` (optional) filled: TEMPEST_EINVAL for a
- * bad option, TEMPEST_ESTATE when the node already serves that service,
- * TEMPEST_EADDR when the listener cannot be opened, TEMPEST_ENOMEM.
+ * Creates a responder of `options->service`, opening the node listener if
+ * needed. It advertises itself from the next turn of the loop (register the
+ * handlers first) and for as long as it lives.
+ * @param node the node (borrowed; it must outlive the responder)
+ * @param options the options (`service` is required)
+ * @param err where to explain a failure (optional)
+ * @return the responder, or NULL with `err` filled: TEMPEST_EINVAL for a
+ *         bad option, TEMPEST_ESTATE when the node already serves that
+ *         service, TEMPEST_EADDR when the listener cannot be opened,
+ *         TEMPEST_ENOMEM.
  */
 TEMPEST_API tempest_responder *tempest_responder_new(tempest_node *node,
                                                      const tempest_responder_options *options,
                                                      tempest_error *err);
 
 /**
- * Calls `fn` for requests of `type` (copied; "*" matches any type without a
- * handler of its own). A later call for the same type replaces the handler.
- * Returns 0, TEMPEST_EINVAL or TEMPEST_ENOMEM.
+ * Sets the handler of a request type. A later call for the same type
+ * replaces the handler.
+ * @param r the responder
+ * @param type the type (copied); "*" matches any type without a handler of
+ *        its own
+ * @param fn the handler
+ * @param arg passed to `fn`
+ * @return 0, TEMPEST_EINVAL or TEMPEST_ENOMEM.
  */
 TEMPEST_API int tempest_responder_on(tempest_responder *r, const char *type, tempest_request_fn *fn,
                                      void *arg);
@@ -84,35 +98,51 @@ TEMPEST_API int tempest_responder_on(tempest_responder *r, const char *type, tem
 /**
  * Withdraws the responder from the registry (and announces it), answers
  * every pending request with the error `SHUTDOWN` (a requester retries an
- * idempotent one elsewhere) and frees it. Safe from its own handler; NULL
- * does nothing.
+ * idempotent one elsewhere) and frees it. Safe from its own handler.
+ * @param r the responder; NULL does nothing
  */
 TEMPEST_API void tempest_responder_free(tempest_responder *r);
 
-/** Requests handed to the responder's handlers so far. */
+/**
+ * Requests handed to the responder's handlers so far.
+ * @param r the responder
+ * @return their number
+ */
 TEMPEST_API unsigned long long tempest_responder_served(const tempest_responder *r);
 
-/** The request's type. Borrowed; valid until the request is answered. */
+/**
+ * The request's type.
+ * @param req the request
+ * @return the type (borrowed; valid until the request is answered)
+ */
 TEMPEST_API const char *tempest_request_type(const tempest_request *req);
 
-/** The request's JSON body (any JSON value). Borrowed; valid until the
- *  request is answered (json_incref it to keep it longer). */
+/**
+ * The request's JSON body.
+ * @param req the request
+ * @return any JSON value (borrowed; valid until the request is answered:
+ *         json_incref() it to keep it longer)
+ */
 TEMPEST_API json_t *tempest_request_body(const tempest_request *req);
 
 /**
- * Answers `req` with `reply` (borrowed; any JSON value; NULL is null) and
- * frees `req`. Returns 0, or TEMPEST_EINVAL when `reply` cannot be encoded
- * (the caller then gets the error `ENCODE`): either way `req` is answered
- * and must not be used again. NULL `req` gives TEMPEST_EINVAL.
+ * Answers a request and frees it.
+ * @param req the request; it must not be used again, whatever the result
+ * @param reply the reply (borrowed; any JSON value; NULL is null)
+ * @return 0, or TEMPEST_EINVAL when `reply` cannot be encoded (the caller
+ *         then gets the error `ENCODE`; the request is answered all the
+ *         same) or `req` is NULL.
  */
 TEMPEST_API int tempest_request_reply(tempest_request *req, json_t *reply);
 
 /**
- * Answers `req` with an error and frees it. `code` (borrowed) is one word,
- * e.g. "NOTFOUND" (blanks and control characters become '_'; NULL or ""
- * gives "ERROR"); `message` (borrowed; may be NULL) is free text on one
- * line. The caller's callback gets TEMPEST_EREMOTE with the JSON string
- * `"<code> <message>"`. Returns 0, or TEMPEST_EINVAL for a NULL `req`.
+ * Answers a request with an error and frees it. The caller's callback gets
+ * TEMPEST_EREMOTE with the JSON string `"<code> <message>"`.
+ * @param req the request
+ * @param code one word, e.g. "NOTFOUND" (borrowed; blanks and control
+ *        characters become '_'; NULL or "" gives "ERROR")
+ * @param message free text on one line (borrowed; may be NULL)
+ * @return 0, or TEMPEST_EINVAL for a NULL `req`.
  */
 TEMPEST_API int tempest_request_error(tempest_request *req, const char *code, const char *message);
 
@@ -173,22 +203,32 @@ typedef struct tempest_send_options {
 } tempest_send_options;
 
 /**
- * Creates a requester of `options->service` on `node` (borrowed; must
- * outlive it). It starts discovering responders at once. NULL with `err`
- * filled on a bad option (TEMPEST_EINVAL) or no memory.
+ * Creates a requester of `options->service`. It starts discovering
+ * responders at once.
+ * @param node the node (borrowed; it must outlive the requester)
+ * @param options the options (`service` is required)
+ * @param err where to explain a failure (optional)
+ * @return the requester, or NULL with `err` filled on a bad option
+ *         (TEMPEST_EINVAL) or no memory.
  */
 TEMPEST_API tempest_requester *tempest_requester_new(tempest_node *node,
                                                      const tempest_requester_options *options,
                                                      tempest_error *err);
 
 /**
- * Sends a request of `type` (borrowed, copied) with the body `json`
- * (borrowed, encoded at once; NULL is null) to the next live responder,
- * round-robin. While none is live, the request waits in the queue until one
- * appears or its timeout passes. Returns the request id (> 0): then `fn`
- * (may be NULL) runs exactly once, later, never inside this call. Or a
- * negative code, and `fn` never runs: TEMPEST_EINVAL (bad argument, body
- * not encodable), TEMPEST_ELIMIT (the queue is full), TEMPEST_ENOMEM.
+ * Sends a request to the next live responder, round-robin. While none is
+ * live, the request waits in the queue until one appears or its timeout
+ * passes.
+ * @param rq the requester
+ * @param type the request type (borrowed, copied)
+ * @param json the body (borrowed, encoded at once; NULL is null)
+ * @param options may be NULL: the requester's defaults
+ * @param fn gets the reply; may be NULL
+ * @param arg passed to `fn`
+ * @return the request id (> 0): then `fn` runs exactly once, later, never
+ *         inside this call. Or a negative code, and `fn` never runs:
+ *         TEMPEST_EINVAL (bad argument, body not encodable), TEMPEST_ELIMIT
+ *         (the queue is full), TEMPEST_ENOMEM.
  */
 TEMPEST_API long long tempest_requester_send(tempest_requester *rq, const char *type, json_t *json,
                                              const tempest_send_options *options,
@@ -196,26 +236,41 @@ TEMPEST_API long long tempest_requester_send(tempest_requester *rq, const char *
 
 /**
  * Frees the requester: every request not yet answered gets
- * TEMPEST_ECANCELED before this returns. Safe from its callbacks; NULL does
- * nothing.
+ * TEMPEST_ECANCELED before this returns. Safe from its callbacks.
+ * @param rq the requester; NULL does nothing
  */
 TEMPEST_API void tempest_requester_free(tempest_requester *rq);
 
-/** Responders the requester is connected to and sends to now. */
+/**
+ * Responders the requester is connected to and sends to now.
+ * @param rq the requester
+ * @return their number
+ */
 TEMPEST_API int tempest_requester_live(const tempest_requester *rq);
 
-/** Requests sent or queued and not yet answered. */
+/**
+ * Requests sent or queued and not yet answered.
+ * @param rq the requester
+ * @return their number
+ */
 TEMPEST_API int tempest_requester_pending(const tempest_requester *rq);
 
 /**
- * A direct call: sends `RPC * <type> <json>` to the node listener at
- * `address` ("host:port"; IP literals are best), without discovery. The
+ * A direct call: sends `RPC * <type> <json>` to one node listener, without
+ * discovery. The
  * node there hands it to its responder that has a handler for `type` (the
  * first one created, when several do). One persistent connection per
  * address is kept until the node is freed. If the connection cannot be
  * made or breaks, the call fails with TEMPEST_EDOWN (an idempotent one is
- * retried once on a new connection). Returns the call id (> 0) or a
- * negative code as tempest_requester_send; `fn` gets a NULL requester.
+ * retried once on a new connection).
+ * @param node the calling node
+ * @param address the listener's "host:port" (IP literals are best)
+ * @param type the request type (borrowed, copied)
+ * @param json the body (borrowed, encoded at once; NULL is null)
+ * @param options may be NULL: a 5000 ms timeout, not idempotent
+ * @param fn gets the reply, with a NULL requester; may be NULL
+ * @param arg passed to `fn`
+ * @return the call id (> 0) or a negative code, as tempest_requester_send().
  */
 TEMPEST_API long long tempest_call(tempest_node *node, const char *address, const char *type,
                                    json_t *json, const tempest_send_options *options,

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/*
+/**
+ * @file
  * Sessions, as a worker sees them. A front with `sessions` enabled gives
  * every browser a signed cookie naming a session id and passes the id to
  * the worker in the `url` job (the `"session"` key of the request object).
@@ -48,40 +49,66 @@ typedef void tempest_session_fn(tempest_job *job, int status, json_t *value, voi
 
 /**
  * The session id the front gave this job (the `"session"` string of the
- * `url` request object), or NULL when the job has none (not a `url` job,
- * or a front without sessions). Borrowed; valid while the job is in hand.
+ * `url` request object).
+ *
+ * @param job a job in hand
+ * @return the id, or NULL when the job has none (not a `url` job, or a
+ *         front without sessions). Borrowed; valid while the job is in hand.
  */
 TEMPEST_API const char *tempest_job_session(const tempest_job *job);
 
 /**
- * Reads field `key` (copied) of the job's session: `HGET session:<id>
- * <key>`; `cb` gets the value as above. Returns 0 (then `cb` runs exactly
- * once, later), or, with `cb` never called: TEMPEST_EINVAL (NULL job, key
- * or cb; the job has no session), TEMPEST_EDOWN (Redis not connected now),
- * TEMPEST_ENOMEM.
+ * Reads a field of the job's session: `HGET session:<id> <key>`.
+ *
+ * @param job a job in hand, with a session
+ * @param key the field (copied)
+ * @param cb gets the value, as tempest_session_fn says
+ * @param arg passed to `cb`
+ * @return 0 (then `cb` runs exactly once, later), or, with `cb` never
+ *         called: TEMPEST_EINVAL (NULL job, key or cb; the job has no
+ *         session), TEMPEST_EDOWN (Redis not connected now), TEMPEST_ENOMEM.
  */
 TEMPEST_API int tempest_session_get(tempest_job *job, const char *key, tempest_session_fn *cb,
                                     void *arg);
 
 /**
- * Stores `value` (borrowed; encoded at once as `[value]`, so any JSON
- * value, null included) in field `key` of the job's session: `HSET`, then
+ * Stores a value in a field of the job's session: `HSET`, then
  * `PEXPIRE session:<id> <ttl>` when the front sent the session's idle TTL
  * (`"session_ttl"`), so that a session that a worker creates expires too.
- * `cb` may be NULL (nothing is told). Returns as tempest_session_get();
- * TEMPEST_EINVAL also for a NULL value.
+ *
+ * @param job a job in hand, with a session
+ * @param key the field (copied)
+ * @param value the value (borrowed; encoded at once as `[value]`, so any
+ *        JSON value, null included)
+ * @param cb told the outcome; NULL: nothing is told
+ * @param arg passed to `cb`
+ * @return as tempest_session_get(); TEMPEST_EINVAL also for a NULL value.
  */
 TEMPEST_API int tempest_session_set(tempest_job *job, const char *key, json_t *value,
                                     tempest_session_fn *cb, void *arg);
 
-/** Deletes field `key` of the job's session (`HDEL`); deleting a missing
- *  field is not an error. `cb` may be NULL. Returns as tempest_session_get(). */
+/**
+ * Deletes a field of the job's session (`HDEL`); deleting a missing field
+ * is not an error.
+ *
+ * @param job a job in hand, with a session
+ * @param key the field (copied)
+ * @param cb told the outcome; NULL: nothing is told
+ * @param arg passed to `cb`
+ * @return as tempest_session_get().
+ */
 TEMPEST_API int tempest_session_del(tempest_job *job, const char *key, tempest_session_fn *cb,
                                     void *arg);
 
-/** Deletes the whole session hash (`DEL session:<id>`); the browser keeps
- *  its cookie and the id, which now names an empty session. `cb` may be
- *  NULL. Returns as tempest_session_get() (no key argument). */
+/**
+ * Deletes the whole session hash (`DEL session:<id>`); the browser keeps
+ * its cookie and the id, which now names an empty session.
+ *
+ * @param job a job in hand, with a session
+ * @param cb told the outcome; NULL: nothing is told
+ * @param arg passed to `cb`
+ * @return as tempest_session_get() (no key argument).
+ */
 TEMPEST_API int tempest_session_clear(tempest_job *job, tempest_session_fn *cb, void *arg);
 
 #ifdef __cplusplus

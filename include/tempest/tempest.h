@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/*
+/**
+ * @file
  * libtempest: a cluster of processes orchestrated by a real Redis.
  *
  * This header holds what every part of the API shares (the export macro,
@@ -16,12 +17,14 @@
 
 #include <tempest/version.h>
 
+/** Marks a public function: the only symbols the shared library exports. */
 #if defined(TEMPEST_BUILDING) && defined(__GNUC__)
 #define TEMPEST_API __attribute__((visibility("default")))
 #else
 #define TEMPEST_API
 #endif
 
+/** Marks a function whose result must be used (GCC and Clang warn). */
 #if defined(__GNUC__)
 #define TEMPEST_MUST_CHECK __attribute__((warn_unused_result))
 #else
@@ -37,7 +40,7 @@ extern "C" {
  * documents) on success and one of these negative codes on failure.
  */
 enum tempest_errcode {
-    TEMPEST_OK = 0,
+    TEMPEST_OK = 0,          /**< success */
     TEMPEST_EINVAL = -1,     /**< an argument or option is invalid */
     TEMPEST_ENOMEM = -2,     /**< out of memory */
     TEMPEST_EDOWN = -3,      /**< Redis (or the peer) is not reachable now */
@@ -55,8 +58,11 @@ enum tempest_errcode {
 };
 
 /**
- * Returns a static, human-readable name for an error code (never NULL; an
- * unknown code gives "unknown error"). The string is a literal: do not free.
+ * A static, human-readable name for an error code.
+ *
+ * @param code one of enum tempest_errcode (any int is accepted)
+ * @return the name (never NULL; an unknown code gives "unknown error"). The
+ *         string is a literal: do not free.
  */
 TEMPEST_API const char *tempest_strerror(int code);
 
@@ -66,22 +72,26 @@ TEMPEST_API const char *tempest_strerror(int code);
  * `message` a NUL-terminated sentence; on success the struct is untouched.
  */
 typedef struct tempest_error {
-    int code;
-    char message[256];
+    int code;          /**< the TEMPEST_E* code of the failure */
+    char message[256]; /**< why, as a NUL-terminated sentence */
 } tempest_error;
 
 /** Log levels for tempest_log_fn, in increasing severity. */
 enum tempest_log_level {
-    TEMPEST_LOG_DEBUG = 0,
-    TEMPEST_LOG_INFO = 1,
-    TEMPEST_LOG_WARN = 2,
-    TEMPEST_LOG_ERROR = 3,
+    TEMPEST_LOG_DEBUG = 0, /**< details of the library's work */
+    TEMPEST_LOG_INFO = 1,  /**< ordinary events: connections, reconnections */
+    TEMPEST_LOG_WARN = 2,  /**< something unexpected that the library survives */
+    TEMPEST_LOG_ERROR = 3, /**< a failure the application may need to act on */
 };
 
 /**
- * Receives the library's log lines. `message` is borrowed and valid only
- * during the call. The library never prints anything unless a log callback
- * is set; it is called on the node's event loop thread.
+ * Receives the library's log lines. The library never prints anything
+ * unless a log callback is set; it is called on the node's event loop
+ * thread.
+ *
+ * @param level one of enum tempest_log_level
+ * @param message the line (borrowed, valid only during the call)
+ * @param arg the `log_arg` given with the callback
  */
 typedef void tempest_log_fn(int level, const char *message, void *arg);
 
