@@ -41,6 +41,7 @@ typedef struct tp_pending {
     void *arg;
     struct event *timer;
     int timeout_ms;    /* as given to tempest_work: re-armed by each sign of life */
+    int replicas;      /* WAIT for so many replicas after the push (0: none) */
     bool flow;         /* partial answers' replies wait for their delivery */
     bool done;         /* terminal event queued: further answers are refused */
     int queued;        /* deliveries queued that point here */

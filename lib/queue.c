@@ -37,13 +37,13 @@ static void on_replicated(redisAsyncContext *ac, void *reply, void *privdata) {
     if (r == NULL)
         return;
     tempest_node *node = tp_redis_owner(r);
-    long long id = (long long)((intptr_t)privdata >> 16);
-    long long want = (long long)((intptr_t)privdata & 0xffff);
-    if (rep && rep->type == REDIS_REPLY_INTEGER && rep->integer >= want)
-        return;
+    long long id = (long long)(intptr_t)privdata;
     tp_pending *job = tp_map_get(&node->pending, id);
     if (job == NULL)
         return; /* already ended (the push failed, or answered, or timed out) */
+    long long want = job->replicas;
+    if (rep && rep->type == REDIS_REPLY_INTEGER && rep->integer >= want)
+        return;
     if (rep && rep->type == REDIS_REPLY_INTEGER)
         tp_node_errorf(node, "job %lld reached %lld of %lld replicas", id, rep->integer, want);
     else
@@ -53,15 +53,17 @@ static void on_replicated(redisAsyncContext *ac, void *reply, void *privdata) {
     tp_node_deliver(node, job, rep ? TEMPEST_EREDIS : TEMPEST_EDOWN, NULL);
 }
 
-/* WAIT after the push; privdata packs the job id and the replica count. */
+/* WAIT after the push; privdata is the job id (the count is the job's). */
 static int wait_replicas(tempest_node *node, long long id, int replicas, int timeout_ms) {
+    tp_pending *job = tp_map_get(&node->pending, id); /* replicas > 0 needs on_answer */
+    if (job != NULL)
+        job->replicas = replicas;
     char n[16], ms[16];
     snprintf(n, sizeof n, "%d", replicas);
     snprintf(ms, sizeof ms, "%d", timeout_ms > 0 ? timeout_ms : 1000);
     const char *argv[] = {"WAIT", n, ms};
     size_t lens[] = {4, strlen(n), strlen(ms)};
-    void *tag = (void *)(intptr_t)((id << 16) | replicas);
-    return tp_redis_argv(node->redis, on_replicated, tag, 3, argv, lens);
+    return tp_redis_argv(node->redis, on_replicated, (void *)(intptr_t)id, 3, argv, lens);
 }
 
 static void on_timeout(evutil_socket_t fd, short what, void *arg) {
