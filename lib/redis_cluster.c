@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Redis Cluster: the slot map (CLUSTER SLOTS, asked of a seed, then of any
- * master), one managed connection (tp_redis: AUTH, SCRIPT LOAD, reconnect;
- * no SELECT) per master, and the routing of each command to the master of
+ * The Redis Cluster implementation of a tp_redis (redis+cluster://): the
+ * slot map (CLUSTER SLOTS, asked of a seed, then of any master), one
+ * managed connection (lib/redis_conn.c: AUTH, SCRIPT LOAD, reconnect; no
+ * SELECT) per master, and the routing of each command to the master of
  * its key's slot. The key is argument 1, or the first key of EVAL/EVALSHA;
  * commands without one (PING, TIME, PUBLISH, SUBSCRIBE...) go to the "home"
  * master, the same one as long as it stays a master (a subscription lives
@@ -15,8 +16,10 @@
  * doubling up to 200 ms, and resend. A request gives up after MAX_TRIES
  * redirects and waits, with the last error. A NULL reply (a connection
  * lost) is passed on: the command may have run, so it is never resent.
- * A master's connection going down takes the facade DOWN and refreshes the
- * map (a failover moves its slots to another node).
+ * A master's connection going down takes the handle DOWN and refreshes the
+ * map (a failover moves its slots to another node). The handle's state is
+ * what this file reports to it (reported); the hash slots of keys are
+ * lib/cluster.c's.
  */
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
@@ -28,6 +31,10 @@
 #include <time.h>
 
 #include "cluster.h"
+#include "redis_ops.h"
+#include "scripts.h"
+
+typedef struct tp_cluster tp_cluster;
 
 enum {
     MAX_NODES = 128, /* masters of one cluster we keep connections to */
@@ -39,7 +46,7 @@ enum {
 typedef struct cnode {
     char *host;
     int port;
-    tp_redis *r;
+    tp_redis_conn *r;
 } cnode;
 
 typedef struct creq {
@@ -56,29 +63,33 @@ typedef struct creq {
 } creq;
 
 struct tp_cluster {
-    tp_redis *facade;
+    tp_redis_link link;               /* fake.data: its handle is the tp_redis */
+    tp_redis_conn_state_fn *state_fn; /* tells the handle */
+    void *state_arg;
+    int reported;                   /* the state last told to the handle */
+    char shas[TP_SCRIPT_COUNT][41]; /* as the last master that came UP loaded them */
     struct event_base *base;
     const tp_logger *log;
     tp_redis_url url; /* user and password; the seeds */
     tp_redis_timing timing;
-    redisAsyncContext fake; /* what callbacks get: fake.data is the facade */
+    redisAsyncContext fake; /* what callbacks get: fake.data is &link */
     cnode nodes[MAX_NODES];
     int nnodes;
     int16_t slots[TP_CLUSTER_SLOTS]; /* index in nodes, -1: unknown */
     bool mapped;                     /* a slot map was applied */
-    tp_redis *home;                  /* keyless commands and subscriptions */
-    tp_redis *last;                  /* where the previous command went (WAIT) */
-    tp_redis *seed;                  /* asking a seed while no master can be */
+    tp_redis_conn *home;             /* keyless commands and subscriptions */
+    tp_redis_conn *last;             /* where the previous command went (WAIT) */
+    tp_redis_conn *seed;             /* asking a seed while no master can be */
     char *seed_host;
     int seed_port, seed_next;
     struct event *seed_ev; /* the next seed (out of the seed's own callback) */
     bool refreshing, refresh_again;
     long long refresh_ms;     /* when the CLUSTER SLOTS in flight was sent */
     struct event *refresh_ev; /* a refresh after a failed one */
-    tp_redis **dead;          /* connections of former masters, freed from reap_ev */
+    tp_redis_conn **dead;     /* connections of former masters, freed from reap_ev */
     int ndead;
     struct event *reap_ev;
-    struct event *state_ev;  /* tells the facade's owner, out of our callbacks */
+    struct event *state_ev;  /* tells the handle's owner, out of our callbacks */
     char why[300];           /* why the cluster is down */
     bool cycle;              /* DOWN then UP: the home master changed */
     creq *reqs;              /* in flight or parked */
@@ -159,15 +170,15 @@ static int node_index(const tp_cluster *cl, const char *host, int port) {
     return -1;
 }
 
-static int node_of(const tp_cluster *cl, const tp_redis *r) {
+static int node_of(const tp_cluster *cl, const tp_redis_conn *r) {
     for (int i = 0; i < cl->nnodes; i++)
         if (cl->nodes[i].r == r)
             return i;
     return -1;
 }
 
-/* The facade's state changes from state_ev, never inside our callbacks
- * (the owner's callback may free the facade). */
+/* The handle's state changes from state_ev, never inside our callbacks
+ * (the owner's callback may free the handle). */
 static void set_up(tp_cluster *cl, bool up, const char *why) {
     if (up == cl->up)
         return;
@@ -179,24 +190,30 @@ static void set_up(tp_cluster *cl, bool up, const char *why) {
     event_active(cl->state_ev, EV_TIMEOUT, 0);
 }
 
+/* Tells the handle (last: its owner may free it, and us). */
+static void report(tp_cluster *cl, int state, const char *why) {
+    cl->reported = state;
+    cl->state_fn(NULL, state, why, cl->state_arg);
+}
+
 static void on_state_ev(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     tp_cluster *cl = arg;
-    int now = tp_redis_state(cl->facade);
+    int now = cl->reported;
     if (cl->cycle && now == TEMPEST_NODE_UP) {
         cl->cycle = false;
         if (cl->up) /* UP again on the next turn (unless the owner frees us) */
             event_active(cl->state_ev, EV_TIMEOUT, 0);
-        tp_redis_set_state(cl->facade, TEMPEST_NODE_DOWN, "the master of subscriptions changed");
+        report(cl, TEMPEST_NODE_DOWN, "the master of subscriptions changed");
         return;
     }
     cl->cycle = false;
     if (cl->up && now != TEMPEST_NODE_UP)
-        tp_redis_set_state(cl->facade, TEMPEST_NODE_UP, NULL);
+        report(cl, TEMPEST_NODE_UP, NULL);
     else if (!cl->up && now == TEMPEST_NODE_UP)
-        tp_redis_set_state(cl->facade, TEMPEST_NODE_DOWN, cl->why);
+        report(cl, TEMPEST_NODE_DOWN, cl->why);
     else if (!cl->up && now == TEMPEST_NODE_CONNECTING && cl->why[0])
-        tp_redis_set_state(cl->facade, TEMPEST_NODE_DOWN, cl->why);
+        report(cl, TEMPEST_NODE_DOWN, cl->why);
 }
 
 /* Not UP yet, and why: a handle still CONNECTING becomes DOWN with that
@@ -212,11 +229,11 @@ static void note_why(tp_cluster *cl, const char *why) {
 static void update_state(tp_cluster *cl, const char *why) {
     bool up = cl->mapped && cl->nnodes > 0;
     for (int i = 0; up && i < cl->nnodes; i++)
-        up = tp_redis_state(cl->nodes[i].r) == TEMPEST_NODE_UP;
+        up = tp_redis_conn_state(cl->nodes[i].r) == TEMPEST_NODE_UP;
     set_up(cl, up, why ? why : "a master is not connected");
 }
 
-static void on_conn_state(tp_redis *r, int state, const char *reason, void *arg) {
+static void on_conn_state(tp_redis_conn *r, int state, const char *reason, void *arg) {
     tp_cluster *cl = arg;
     if (r == cl->seed) {
         if (state == TEMPEST_NODE_UP)
@@ -235,8 +252,8 @@ static void on_conn_state(tp_redis *r, int state, const char *reason, void *arg)
     char why[300];
     snprintf(why, sizeof why, "master %s:%d: %s", i >= 0 ? cl->nodes[i].host : "?",
              i >= 0 ? cl->nodes[i].port : 0, reason ? reason : "down");
-    if (state == TEMPEST_NODE_UP)
-        tp_redis_copy_shas(cl->facade, r);
+    for (int k = 0; state == TEMPEST_NODE_UP && k < TP_SCRIPT_COUNT; k++)
+        memcpy(cl->shas[k], tp_redis_conn_sha(r, k), sizeof cl->shas[k]);
     if (state == TEMPEST_NODE_DOWN && i >= 0)
         refresh(cl);
     if (i >= 0)
@@ -244,13 +261,22 @@ static void on_conn_state(tp_redis *r, int state, const char *reason, void *arg)
 }
 
 /* A connection to host:port (cluster_node: no SELECT). */
-static tp_redis *connect_node(tp_cluster *cl, const char *host, int port) {
+static tp_redis_conn *connect_node(tp_cluster *cl, const char *host, int port) {
     tp_redis_url u = {.host = (char *)host,
                       .port = port,
                       .user = cl->url.user,
                       .password = cl->url.password,
                       .cluster_node = true};
-    return tp_redis_new(cl->base, &u, &cl->timing, cl->log, on_conn_state, cl);
+    tp_redis_conn *r =
+        tp_redis_conn_new(cl->base, &(tp_redis_conn_options){.url = &u,
+                                                             .timing = &cl->timing,
+                                                             .log = cl->log,
+                                                             .state_fn = on_conn_state,
+                                                             .arg = cl,
+                                                             .handle = cl->link.handle});
+    if (r != NULL)
+        tp_redis_conn_start(r);
+    return r;
 }
 
 /* Connects to the next seed (after a full round, after a pause). */
@@ -259,8 +285,8 @@ static void on_seed(evutil_socket_t fd, short what, void *arg) {
     tp_cluster *cl = arg;
     if (cl->seed != NULL) {
         tp_log(cl->log, TEMPEST_LOG_WARN, "redis cluster: seed %s:%d: %s", cl->seed_host,
-               cl->seed_port, tp_redis_errstr(cl->seed));
-        tp_redis_free(cl->seed);
+               cl->seed_port, tp_redis_conn_errstr(cl->seed));
+        tp_redis_conn_free(cl->seed);
         cl->seed = NULL;
         if (cl->seed_next == 0) { /* every seed failed: wait, then again */
             arm(cl->seed_ev, cl->timing.reconnect_min_ms);
@@ -325,13 +351,13 @@ static int adopt(tp_cluster *cl, cnode *nodes, int *n, cnode *old, int nold, con
 }
 
 /* A connection of a former master: freed from reap_ev, since freeing it
- * ends its pending commands, whose callbacks may free the facade. */
-static void bury(tp_cluster *cl, tp_redis *r) {
-    tp_redis **dead = tp_realloc(cl->dead, (size_t)(cl->ndead + 1) * sizeof *dead);
+ * ends its pending commands, whose callbacks may free the handle. */
+static void bury(tp_cluster *cl, tp_redis_conn *r) {
+    tp_redis_conn **dead = tp_realloc(cl->dead, (size_t)(cl->ndead + 1) * sizeof *dead);
     if (cl->last == r)
         cl->last = NULL;
     if (dead == NULL) { /* no memory: free it now rather than leak it */
-        tp_redis_free(r);
+        tp_redis_conn_free(r);
         return;
     }
     cl->dead = dead;
@@ -342,12 +368,12 @@ static void bury(tp_cluster *cl, tp_redis *r) {
 static void on_reap(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     tp_cluster *cl = arg;
-    tp_redis **dead = cl->dead;
+    tp_redis_conn **dead = cl->dead;
     int n = cl->ndead;
     cl->dead = NULL;
     cl->ndead = 0;
     for (int i = 0; i < n; i++) /* may run callbacks that free `cl`: no use of it here */
-        tp_redis_free(dead[i]);
+        tp_redis_conn_free(dead[i]);
     free(dead);
 }
 
@@ -396,18 +422,18 @@ static bool apply_map(tp_cluster *cl, const redisReply *rep, const char *from_ho
     return true;
 }
 
-static const char *host_of(const tp_cluster *cl, const tp_redis *r) {
+static const char *host_of(const tp_cluster *cl, const tp_redis_conn *r) {
     int i = node_of(cl, r);
     return i >= 0 ? cl->nodes[i].host : cl->seed_host ? cl->seed_host : "";
 }
 
 static void on_slots(redisAsyncContext *ac, void *reply, void *privdata) {
     (void)privdata;
-    tp_redis *r = tp_redis_from(ac);
+    tp_redis_conn *r = tp_redis_conn_from(ac);
     const redisReply *rep = reply;
     if (r == NULL)
         return; /* the cluster is gone */
-    tp_cluster *cl = tp_redis_owner(r);
+    tp_cluster *cl = tp_redis_conn_arg(r);
     cl->refreshing = false;
     char *from = tp_strdup(host_of(cl, r));
     bool ok = rep != NULL && from != NULL && apply_map(cl, rep, from);
@@ -449,12 +475,14 @@ static void refresh(tp_cluster *cl) {
         cl->refresh_again = true;
         return;
     }
-    tp_redis *r = cl->seed && tp_redis_state(cl->seed) == TEMPEST_NODE_UP ? cl->seed : NULL;
+    tp_redis_conn *r =
+        cl->seed && tp_redis_conn_state(cl->seed) == TEMPEST_NODE_UP ? cl->seed : NULL;
     for (int i = 0; r == NULL && i < cl->nnodes; i++)
-        if (tp_redis_state(cl->nodes[i].r) == TEMPEST_NODE_UP)
+        if (tp_redis_conn_state(cl->nodes[i].r) == TEMPEST_NODE_UP)
             r = cl->nodes[i].r;
     cl->refreshing = false;
-    if (r != NULL && tp_redis_cmd(r, on_slots, NULL, "CLUSTER SLOTS") == 0) {
+    static const char slots[] = "*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n";
+    if (r != NULL && tp_redis_conn_send(r, on_slots, NULL, slots, sizeof slots - 1) == 0) {
         cl->refreshing = true;
         cl->refresh_ms = now_ms();
         return;
@@ -486,7 +514,7 @@ static void req_free(creq *q) {
 }
 
 /* The final reply: the caller's callback runs, after the request is gone
- * (the callback may free the facade). */
+ * (the callback may free the handle). */
 static void deliver(creq *q, redisReply *rep) {
     redisAsyncContext *ac = q->cl ? &q->cl->fake : &orphan;
     redisCallbackFn *fn = q->fn;
@@ -528,12 +556,12 @@ static void park(creq *q, const char *why) {
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
 /* Sends `q` to `r`, after ASKING when `asking`. */
-static bool send_to(creq *q, tp_redis *r, bool asking) {
-    if (r == NULL || tp_redis_state(r) != TEMPEST_NODE_UP)
+static bool send_to(creq *q, tp_redis_conn *r, bool asking) {
+    if (r == NULL || tp_redis_conn_state(r) != TEMPEST_NODE_UP)
         return false;
-    if (asking && tp_redis_formatted(r, NULL, NULL, "*1\r\n$6\r\nASKING\r\n", 16) != 0)
+    if (asking && tp_redis_conn_send(r, NULL, NULL, "*1\r\n$6\r\nASKING\r\n", 16) != 0)
         return false;
-    if (tp_redis_formatted(r, on_reply, q, q->cmd, q->len) != 0)
+    if (tp_redis_conn_send(r, on_reply, q, q->cmd, q->len) != 0)
         return false;
     q->cl->last = r;
     return true;
@@ -541,10 +569,10 @@ static bool send_to(creq *q, tp_redis *r, bool asking) {
 
 static void send_req(creq *q) {
     tp_cluster *cl = q->cl;
-    tp_redis *r = q->wait                   ? (cl->last ? cl->last : cl->home)
-                  : q->slot < 0             ? cl->home
-                  : cl->slots[q->slot] >= 0 ? cl->nodes[cl->slots[q->slot]].r
-                                            : NULL;
+    tp_redis_conn *r = q->wait                   ? (cl->last ? cl->last : cl->home)
+                       : q->slot < 0             ? cl->home
+                       : cl->slots[q->slot] >= 0 ? cl->nodes[cl->slots[q->slot]].r
+                                                 : NULL;
     if (send_to(q, r, false))
         return;
     char why[80];
@@ -563,7 +591,7 @@ static int redirect_target(tp_cluster *cl, const char *msg, redisAsyncContext *a
     char host[256];
     int n = (int)(colon - addr - 1);
     if (n <= 0) /* ":port": the node that answered */
-        snprintf(host, sizeof host, "%s", host_of(cl, tp_redis_from(ac)));
+        snprintf(host, sizeof host, "%s", host_of(cl, tp_redis_conn_from(ac)));
     else
         snprintf(host, sizeof host, "%.*s", n < 255 ? n : 255, addr + 1);
     return node_index(cl, host, atoi(colon + 1));
@@ -616,36 +644,37 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
 /* Messages and confirmations of subscriptions (on the home connection). */
 static void on_sub(redisAsyncContext *ac, void *reply, void *privdata) {
     (void)privdata;
-    tp_redis *r = tp_redis_from(ac);
-    tp_cluster *cl = r ? tp_redis_owner(r) : NULL;
+    tp_redis_conn *r = tp_redis_conn_from(ac);
+    tp_cluster *cl = r ? tp_redis_conn_arg(r) : NULL;
     if (cl && cl->sub_fn)
         cl->sub_fn(&cl->fake, reply, cl->sub_priv);
 }
 
-int tp_cluster_send(tp_cluster *cl, redisCallbackFn *fn, void *privdata, char *cmd, size_t len) {
+/* The request owns a copy of the command (NUL-terminated, as hiredis wants). */
+static int cluster_send(void *impl, redisCallbackFn *fn, void *privdata, const char *cmd,
+                        size_t len) {
+    tp_cluster *cl = impl;
     int slot = -1, kind = classify(cmd, len, &slot);
     if (kind == SUBSCRIBE) {
-        if (cl->home == NULL) {
-            free(cmd);
+        if (cl->home == NULL)
             return TEMPEST_EDOWN;
-        }
         if (fn) {
             cl->sub_fn = fn;
             cl->sub_priv = privdata;
         }
-        int rc = tp_redis_formatted(cl->home, on_sub, NULL, cmd, len);
-        free(cmd);
-        return rc;
+        return tp_redis_conn_send(cl->home, on_sub, NULL, cmd, len);
     }
     creq *q = tp_calloc(1, sizeof *q);
-    if (q == NULL) {
-        free(cmd);
+    char *copy = q ? tp_malloc(len + 1) : NULL;
+    if (copy == NULL) {
+        free(q);
         return TEMPEST_ENOMEM;
     }
+    memcpy(copy, cmd, len + 1);
     *q = (creq){.cl = cl,
                 .fn = fn,
                 .privdata = privdata,
-                .cmd = cmd,
+                .cmd = copy,
                 .len = len,
                 .slot = slot,
                 .wait = kind == WAIT,
@@ -657,9 +686,10 @@ int tp_cluster_send(tp_cluster *cl, redisCallbackFn *fn, void *privdata, char *c
     return 0;
 }
 
-void tp_cluster_flush(tp_cluster *cl) {
+static void cluster_flush(void *impl) {
+    tp_cluster *cl = impl;
     for (int i = 0; i < cl->nnodes; i++)
-        tp_redis_flush(cl->nodes[i].r);
+        tp_redis_conn_flush(cl->nodes[i].r);
 }
 
 /* ---- life cycle ------------------------------------------------------ */
@@ -679,33 +709,12 @@ static int copy_seeds(tp_cluster *cl, const tp_redis_url *url) {
     return 0;
 }
 
-tp_cluster *tp_cluster_new(tp_redis *facade, struct event_base *base, const tp_redis_url *url,
-                           const tp_redis_timing *timing, const tp_logger *log) {
-    tp_cluster *cl = tp_calloc(1, sizeof *cl);
-    if (cl == NULL)
-        return NULL;
-    cl->facade = facade;
-    cl->base = base;
-    cl->log = log;
-    cl->timing = *timing;
-    cl->fake.data = facade;
-    memset(cl->slots, 0xff, sizeof cl->slots);
-    cl->seed_ev = evtimer_new(base, on_seed, cl);
-    cl->refresh_ev = evtimer_new(base, on_refresh, cl);
-    cl->reap_ev = event_new(base, -1, 0, on_reap, cl);
-    cl->state_ev = event_new(base, -1, 0, on_state_ev, cl);
-    if (cl->seed_ev == NULL || cl->refresh_ev == NULL || cl->reap_ev == NULL ||
-        cl->state_ev == NULL || url->nseeds < 1 || copy_seeds(cl, url) != 0) {
-        tp_cluster_free(cl);
-        return NULL;
-    }
-    arm(cl->seed_ev, 0); /* never inside tp_redis_new */
-    return cl;
+static const char *cluster_sha(const void *impl, int script) {
+    return ((const tp_cluster *)impl)->shas[script];
 }
 
-void tp_cluster_free(tp_cluster *cl) {
-    if (cl == NULL)
-        return;
+static void cluster_close(void *impl) {
+    tp_cluster *cl = impl;
     cl->fake.data = NULL;
     while (cl->reqs) { /* parked ones end now; the others when their connection goes */
         creq *q = cl->reqs;
@@ -716,13 +725,13 @@ void tp_cluster_free(tp_cluster *cl) {
         if (parked)
             deliver(q, NULL);
     }
-    tp_redis_free(cl->seed);
+    tp_redis_conn_free(cl->seed);
     for (int i = 0; i < cl->nnodes; i++) {
-        tp_redis_free(cl->nodes[i].r);
+        tp_redis_conn_free(cl->nodes[i].r);
         free(cl->nodes[i].host);
     }
     for (int i = 0; i < cl->ndead; i++)
-        tp_redis_free(cl->dead[i]);
+        tp_redis_conn_free(cl->dead[i]);
     free(cl->dead);
     struct event *evs[] = {cl->seed_ev, cl->refresh_ev, cl->reap_ev, cl->state_ev};
     for (int i = 0; i < 4; i++)
@@ -732,3 +741,38 @@ void tp_cluster_free(tp_cluster *cl) {
     tp_redis_url_clear(&cl->url);
     free(cl);
 }
+
+static void *cluster_open(struct event_base *base, const tp_redis_conn_options *o) {
+    const tp_redis_url *url = o->url;
+    tp_cluster *cl = tp_calloc(1, sizeof *cl);
+    if (cl == NULL)
+        return NULL;
+    cl->link.handle = o->handle;
+    cl->state_fn = o->state_fn;
+    cl->state_arg = o->arg;
+    cl->reported = TEMPEST_NODE_CONNECTING;
+    cl->base = base;
+    cl->log = o->log;
+    cl->timing = *o->timing;
+    cl->fake.data = &cl->link;
+    memset(cl->slots, 0xff, sizeof cl->slots);
+    cl->seed_ev = evtimer_new(base, on_seed, cl);
+    cl->refresh_ev = evtimer_new(base, on_refresh, cl);
+    cl->reap_ev = event_new(base, -1, 0, on_reap, cl);
+    cl->state_ev = event_new(base, -1, 0, on_state_ev, cl);
+    if (cl->seed_ev == NULL || cl->refresh_ev == NULL || cl->reap_ev == NULL ||
+        cl->state_ev == NULL || url->nseeds < 1 || copy_seeds(cl, url) != 0) {
+        cluster_close(cl);
+        return NULL;
+    }
+    arm(cl->seed_ev, 0); /* never inside tp_redis_new */
+    return cl;
+}
+
+const tp_redis_ops tp_redis_cluster_ops = {
+    .open = cluster_open,
+    .close = cluster_close,
+    .send = cluster_send,
+    .flush = cluster_flush,
+    .sha = cluster_sha,
+};
