@@ -20,7 +20,6 @@
  * Every socket to Redis is opened here (open_async), on the library's
  * own libevent adapter.
  */
-#include <errno.h>
 #include <event2/event.h>
 #include <hiredis/async.h>
 #include <netinet/in.h>
@@ -684,7 +683,7 @@ tp_redis_ask *tp_redis_ask_new(struct event_base *base, const tp_redis_ask_optio
     arm(q->timer, o->timeout_ms);
     if (o->password)
         redisAsyncCommand(q->ac, NULL, NULL, "AUTH %s", o->password);
-    redisAsyncCommandArgv(q->ac, on_ask_reply, NULL, o->argc, (const char **)o->argv, NULL);
+    redisAsyncCommandArgv(q->ac, on_ask_reply, NULL, o->argc, o->argv, NULL);
     return q;
 }
 

@@ -131,7 +131,7 @@ typedef struct tp_redis_ask_options {
     int port;
     const char *password; /* AUTH first when not NULL (its reply is not looked at) */
     int argc;             /* the command: `argc` C strings */
-    const char *const *argv;
+    const char **argv;
     int timeout_ms; /* bounds the connect and the answer */
     tp_redis_ask_fn *fn;
     void *arg;
