@@ -82,10 +82,9 @@ tp_redis *tp_redis_new(struct event_base *base, const tp_redis_url *url,
     r->arg = arg;
     r->state = TEMPEST_NODE_CONNECTING;
     tp_redis_timing t = tp_redis_timing_defaults(timing);
-    r->impl = r->ops->open(
-        base,
-        &(tp_redis_conn_options){
-            .url = url, .timing = &t, .log = log, .state_fn = on_state, .arg = r, .handle = r});
+    tp_redis_conn_options o = {
+        .url = url, .timing = &t, .log = log, .state_fn = on_state, .arg = r, .handle = r};
+    r->impl = r->ops->open(base, &o);
     if (r->impl == NULL) {
         free(r);
         return NULL;

@@ -267,13 +267,13 @@ static tp_redis_conn *connect_node(tp_cluster *cl, const char *host, int port) {
                       .user = cl->url.user,
                       .password = cl->url.password,
                       .cluster_node = true};
-    tp_redis_conn *r =
-        tp_redis_conn_new(cl->base, &(tp_redis_conn_options){.url = &u,
-                                                             .timing = &cl->timing,
-                                                             .log = cl->log,
-                                                             .state_fn = on_conn_state,
-                                                             .arg = cl,
-                                                             .handle = cl->link.handle});
+    tp_redis_conn_options o = {.url = &u,
+                               .timing = &cl->timing,
+                               .log = cl->log,
+                               .state_fn = on_conn_state,
+                               .arg = cl,
+                               .handle = cl->link.handle};
+    tp_redis_conn *r = tp_redis_conn_new(cl->base, &o);
     if (r != NULL)
         tp_redis_conn_start(r);
     return r;

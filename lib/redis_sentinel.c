@@ -37,16 +37,15 @@ static void ask_sentinel(locator *r) {
     const tp_redis_sentinel *s = &r->url->sentinels[r->sentinel];
     const char *argv[] = {"SENTINEL", "get-master-addr-by-name", r->url->master};
     char why[160];
-    r->ask = tp_redis_ask_new(r->base,
-                              &(tp_redis_ask_options){.host = s->host,
-                                                      .port = s->port,
-                                                      .password = r->url->sentinel_password,
-                                                      .argc = 3,
-                                                      .argv = argv,
-                                                      .timeout_ms = r->connect_timeout_ms,
-                                                      .fn = on_sentinel_reply,
-                                                      .arg = r},
-                              why, sizeof why);
+    tp_redis_ask_options q = {.host = s->host,
+                              .port = s->port,
+                              .password = r->url->sentinel_password,
+                              .argc = 3,
+                              .argv = argv,
+                              .timeout_ms = r->connect_timeout_ms,
+                              .fn = on_sentinel_reply,
+                              .arg = r};
+    r->ask = tp_redis_ask_new(r->base, &q, why, sizeof why);
     if (r->ask == NULL)
         sentinel_failed(r, why);
 }
