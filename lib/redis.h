@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * One managed asynchronous Redis connection on hiredis's async API and its
- * libevent adapter: connect with a timeout, AUTH and SELECT, TCP keepalive,
- * reconnect with capped exponential backoff and jitter, and tell the owner
- * when it goes up or down. With a redis+sentinel:// URL, each (re)connect
- * first asks the sentinels where the master is. Also opens the plain async connections the
- * worker uses to answer node listeners.
+ * The Redis connection the rest of the library holds: one handle, whatever
+ * the URL names. A redis:// or unix:// URL is one managed connection
+ * (connect with a timeout, AUTH and SELECT, TCP keepalive, reconnect with
+ * capped exponential backoff and jitter); with redis+sentinel://, each
+ * (re)connect first asks the sentinels where the master is; with
+ * redis+cluster://, each command goes to the master of its key's slot. The
+ * handle tells its owner when it goes up or down. The timing and the plain
+ * async connections the worker uses to answer node listeners
+ * (tp_redis_connect_raw) come from lib/redis_conn.h.
  *
  * Reply callbacks are hiredis's own (redisCallbackFn). A callback gets a
  * NULL reply when the connection is lost; when its tp_redis was freed,
@@ -20,17 +23,11 @@
 
 #include "codec.h"
 #include "internal.h"
+#include "redis_conn.h"
 
 struct event_base;
 
 typedef struct tp_redis tp_redis;
-
-/** Timing of a managed connection; zero fields take the defaults. */
-typedef struct tp_redis_timing {
-    int connect_timeout_ms; /* 0: 2000 */
-    int reconnect_min_ms;   /* 0: 100 */
-    int reconnect_max_ms;   /* 0: 5000 */
-} tp_redis_timing;
 
 /** Told on every change to TEMPEST_NODE_UP or TEMPEST_NODE_DOWN. */
 typedef void tp_redis_state_fn(tp_redis *r, int state, const char *reason, void *arg);
@@ -52,9 +49,10 @@ void tp_redis_free(tp_redis *r);
  *  it. Replies are not read. */
 void tp_redis_flush(tp_redis *r);
 
-/** The `arg` given to tp_redis_new (the owner). */
-/* The logger given to tp_redis_new (it outlives the connection). */
+/** The logger given to tp_redis_new (it outlives the connection). */
 const tp_logger *tp_redis_logger(const tp_redis *r);
+
+/** The `arg` given to tp_redis_new (the owner). */
 void *tp_redis_owner(const tp_redis *r);
 
 /** TEMPEST_NODE_CONNECTING, _UP or _DOWN. */
@@ -84,13 +82,5 @@ int tp_redis_script(tp_redis *r, redisCallbackFn *fn, void *privdata, int script
 
 /** Most arguments (keys included) tp_redis_script takes. */
 #define TP_SCRIPT_MAX_ARGS 320
-
-/**
- * Opens a plain async connection to `host:port` on `base` (no AUTH, no
- * reconnect), for answering node listeners. Returns NULL with `err` set.
- * Sets TCP_NODELAY.
- */
-redisAsyncContext *tp_redis_connect_raw(struct event_base *base, const char *host, int port,
-                                        char *err, size_t errlen);
 
 #endif
