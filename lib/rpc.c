@@ -99,10 +99,36 @@ typedef struct tp_rpc {
     long long next_call;       /* ids of direct calls, shared by all addresses */
 } tp_rpc;
 
+/* The share is a service of the node (node.h), made on first use; its
+ * `stop` hook cancels the direct calls and frees it. */
+static void rpc_stop(tempest_node *node);
+
+static const tp_node_service rpc_service = {.stop = rpc_stop};
+
+int tp_rpc_attach(tempest_node *node) {
+    return tp_node_attach(node, &rpc_service);
+}
+
+static tp_rpc *rpc_get(const tempest_node *node) {
+    return tp_node_state(node, &rpc_service);
+}
+
+/* The node's responders, in creation order. */
+static tempest_responder *first_responder(const tempest_node *node) {
+    tp_rpc *rpc = rpc_get(node);
+    return rpc ? rpc->responders : NULL;
+}
+
 static tp_rpc *rpc_of(tempest_node *node) {
-    if (node->rpc == NULL)
-        node->rpc = tp_calloc(1, sizeof *node->rpc);
-    return node->rpc;
+    tp_rpc *rpc = rpc_get(node);
+    if (rpc != NULL)
+        return rpc;
+    if ((rpc = tp_calloc(1, sizeof *rpc)) != NULL &&
+        tp_node_set_state(node, &rpc_service, rpc) != 0) {
+        free(rpc);
+        rpc = NULL;
+    }
+    return rpc;
 }
 
 static char *joinf(const char *fmt, const char *a, const char *b) {
@@ -277,7 +303,10 @@ static void on_dispatch(evutil_socket_t fd, short what, void *arg) {
 
 /* ---- responder: the RPC command --------------------------------------- */
 
-bool tp_rpc_is_request(int argc, const char **argv, const size_t *argvlen) {
+/* True when a listener command is a request (`RPC <service> <type> <json>`)
+ * rather than an answer to a job whose action is named RPC
+ * (`RPC <job_id> <json> [MORE|ERROR]`). */
+static bool is_request(int argc, const char **argv, const size_t *argvlen) {
     if (argc < 1 || argvlen[0] != 3 || strncasecmp(argv[0], "RPC", 3) != 0)
         return false;
     if (argc != 3 && argc != 4)
@@ -303,7 +332,7 @@ static void shown(char *dst, size_t cap, const char *s, size_t len) {
 static tempest_responder *find_responder(tempest_node *node, const char *service, size_t len,
                                          const char *type, size_t type_len) {
     bool any = len == 1 && service[0] == '*';
-    for (tempest_responder *r = node->rpc ? node->rpc->responders : NULL; r; r = r->next) {
+    for (tempest_responder *r = first_responder(node); r; r = r->next) {
         if (any ? find_handler(r, type, type_len) != NULL
                 : strlen(r->service) == len && memcmp(r->service, service, len) == 0)
             return r;
@@ -341,8 +370,10 @@ static void accept_request(tempest_responder *r, const handler *h, const char *t
     event_active(r->dispatch_ev, EV_READ, 0);
 }
 
-void tp_rpc_command(tempest_node *node, int argc, const char **argv, const size_t *argvlen,
-                    struct evbuffer *out) {
+/* Serves one `RPC` command: replies at once with an error, or defers the
+ * reply to the responder's handler. */
+static void on_rpc_command(tempest_node *node, int argc, const char **argv, const size_t *argvlen,
+                           struct evbuffer *out) {
     char msg[200], name[64];
     if (argc != 4) {
         tp_resp_error(out, "ERR usage: RPC <service> <type> <json>");
@@ -371,6 +402,13 @@ void tp_rpc_command(tempest_node *node, int argc, const char **argv, const size_
         return;
     }
     accept_request(r, h, argv[2], argvlen[2], body, out);
+}
+
+static const tp_node_command rpc_command = {
+    .name = "RPC", .match = is_request, .run = on_rpc_command};
+
+int tp_responder_attach(tempest_node *node) {
+    return tp_node_add_command(node, &rpc_command);
 }
 
 /* ---- responder: registry ---------------------------------------------- */
@@ -426,7 +464,7 @@ static int responder_check(tempest_node *node, const tempest_responder_options *
         tp_error_set(err, TEMPEST_EINVAL, "responder: negative ttl_ms or heartbeat_ms");
         return TEMPEST_EINVAL;
     }
-    for (tempest_responder *r = node->rpc ? node->rpc->responders : NULL; r; r = r->next) {
+    for (tempest_responder *r = first_responder(node); r; r = r->next) {
         if (strcmp(r->service, o->service) == 0) {
             tp_error_set(err, TEMPEST_ESTATE, "responder: the node already serves '%s'",
                          o->service);
@@ -514,7 +552,7 @@ TEMPEST_API int tempest_responder_on(tempest_responder *r, const char *type, tem
 }
 
 static void responder_unlink(tempest_responder *r) {
-    tp_rpc *rpc = r->node->rpc;
+    tp_rpc *rpc = rpc_get(r->node);
     for (tempest_responder **p = rpc ? &rpc->responders : NULL; p && *p; p = &(*p)->next) {
         if (*p == r) {
             *p = r->next;
@@ -1014,7 +1052,7 @@ static long long submit(tempest_requester *q, const char *type, json_t *json,
     free(body);
     if (c == NULL)
         return TEMPEST_ENOMEM;
-    long long *counter = q->direct ? &q->node->rpc->next_call : &q->next_id;
+    long long *counter = q->direct ? &rpc_get(q->node)->next_call : &q->next_id;
     c->id = ++*counter;
     c->fn = fn;
     c->arg = arg;
@@ -1138,8 +1176,8 @@ static void on_poll_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     if (r == NULL)
         return;
     tempest_node *node = tp_redis_owner(r);
-    tempest_requester *q =
-        node->rpc ? tp_map_get(&node->rpc->requesters, (long long)(intptr_t)privdata) : NULL;
+    tp_rpc *rpc = rpc_get(node);
+    tempest_requester *q = rpc ? tp_map_get(&rpc->requesters, (long long)(intptr_t)privdata) : NULL;
     if (q == NULL)
         return;
     q->polling = false;
@@ -1251,7 +1289,7 @@ static void describe_requester(void *owner, json_t *record) {
 }
 
 static int requester_discovery(tempest_requester *q, const char *service, const char *ns) {
-    tp_rpc *rpc = q->node->rpc;
+    tp_rpc *rpc = rpc_get(q->node);
     q->service = tp_strdup(service);
     q->ns = tp_strdup(ns);
     q->key = joinf("tempest:%s:svc:%s", ns, service);
@@ -1307,7 +1345,7 @@ static void cancel_calls(tempest_requester *q) {
 }
 
 static void requester_unlink(tempest_requester *q) {
-    tp_rpc *rpc = q->node->rpc;
+    tp_rpc *rpc = rpc_get(q->node);
     if (rpc == NULL)
         return;
     if (q->serial != 0)
@@ -1410,8 +1448,10 @@ TEMPEST_API long long tempest_call(tempest_node *node, const char *address, cons
     return submit(q, type, json, options, fn, arg);
 }
 
-void tp_rpc_node_free(tempest_node *node) {
-    tp_rpc *rpc = node->rpc;
+/* Responders and requesters must be freed before (they are logged and
+ * left alone otherwise). */
+static void rpc_stop(tempest_node *node) {
+    tp_rpc *rpc = rpc_get(node);
     if (rpc == NULL)
         return;
     while (rpc->direct != NULL)
@@ -1421,5 +1461,5 @@ void tp_rpc_node_free(tempest_node *node) {
                "node freed before its requesters or responders: free them first");
     tp_map_clear(&rpc->requesters);
     free(rpc);
-    node->rpc = NULL;
+    tp_node_set_state(node, &rpc_service, NULL);
 }
