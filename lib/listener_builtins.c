@@ -3,9 +3,10 @@
  * The node listener's built-in commands: what an ordinary Redis client
  * sends on its own (PING, ECHO, INFO, SELECT, CLIENT ..., QUIT, COMMAND,
  * HELLO, READONLY, READWRITE), AUTH, and TEMPEST PEER (a libtempest worker
- * saying who it is). A built-in changes only its session's own fields; the
- * protocol core (lib/listener_session.c) finds it by name and applies what
- * it returns (quit, close, or the limits of an authenticated client).
+ * saying who it is). A built-in changes only its session's own fields and
+ * calls nothing of the protocol core (lib/listener_session.c), which finds
+ * it by name, applies what it returns (go on, quit, close) and lifts the
+ * session's limits once a built-in authenticated the client.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -235,8 +236,7 @@ static bool secret_equal(const char *want, size_t want_len, const char *got, siz
 /*
  * AUTH <secret> or AUTH <user> <secret> (the user is ignored). The
  * password argument lives in the session's own request buffer: it is
- * zeroed once checked. Returns TP_BUILTIN_AUTHED on success, -1 to close
- * after the last allowed failure.
+ * zeroed once checked. Returns -1 to close after the last allowed failure.
  */
 static int cmd_auth(tp_session *s, int argc, const char **argv, const size_t *lens,
                     struct evbuffer *out) {
@@ -250,9 +250,9 @@ static int cmd_auth(tp_session *s, int argc, const char **argv, const size_t *le
         return 0;
     }
     if (ok) {
-        s->authed = true;
+        s->authed = true; /* the session lifts its limits */
         tp_resp_status(out, "OK");
-        return TP_BUILTIN_AUTHED;
+        return 0;
     }
     tp_resp_error(out, wrongpass_error);
     return ++s->auth_failures >= AUTH_MAX_FAILURES ? -1 : 0;

@@ -81,13 +81,9 @@ void tp_limits_fill(tp_listener_limits *dst, const tp_listener_limits *src) {
         dst->max_connections = DEFAULT_MAX_CONNECTIONS;
 }
 
-static bool session_locked(const tp_session *s) {
-    return s->secret != NULL && !s->authed;
-}
-
 /* Sets the limits in force: the configured ones, capped before AUTH. */
 static void session_limits(tp_session *s) {
-    bool locked = session_locked(s);
+    bool locked = tp_session_locked(s);
     s->max_request = s->lim.max_request;
     if (locked && s->max_request > PREAUTH_MAX_REQUEST)
         s->max_request = PREAUTH_MAX_REQUEST;
@@ -99,7 +95,7 @@ static void session_limits(tp_session *s) {
 
 /* " before AUTH" while the tighter limits are in force, for error texts. */
 static const char *limit_note(const tp_session *s) {
-    return session_locked(s) ? " before AUTH" : "";
+    return tp_session_locked(s) ? " before AUTH" : "";
 }
 
 /* Answers why the stream cannot go on; the session then refuses all input. */
@@ -360,7 +356,7 @@ static void run_command(tp_session *s, int argc, const char **argv, const size_t
         s->rc = -1; /* out of memory: the reply cannot be kept in order */
         return;
     }
-    if (session_locked(s) && !allowed_locked(argv[0], lens[0])) {
+    if (tp_session_locked(s) && !allowed_locked(argv[0], lens[0])) {
         tp_resp_error(out, noauth_error);
         return;
     }
@@ -374,10 +370,11 @@ static void run_command(tp_session *s, int argc, const char **argv, const size_t
     }
     tp_builtin_fn *builtin = tp_builtin_find(argv[0], lens[0]);
     if (builtin != NULL) {
+        bool locked = tp_session_locked(s);
         int rc = builtin(s, argc, argv, lens, out);
-        if (rc == TP_BUILTIN_AUTHED)
-            session_limits(s);
-        else if (rc != 0)
+        if (locked && !tp_session_locked(s))
+            session_limits(s); /* authenticated: the configured limits now */
+        if (rc != 0)
             s->rc = rc;
         return;
     }

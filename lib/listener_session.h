@@ -74,6 +74,11 @@ struct tp_session {
 
 /* ---- the protocol core (lib/listener_session.c) ------------------------ */
 
+/** True while a session with a secret waits for AUTH. */
+static inline bool tp_session_locked(const tp_session *s) {
+    return s->secret != NULL && !s->authed;
+}
+
 /** Copies `src` (NULL: all defaults) to `dst`, with the defaults in its
  *  zero fields; the secret pointer is copied as it is. */
 void tp_limits_fill(tp_listener_limits *dst, const tp_listener_limits *src);
@@ -84,12 +89,11 @@ void tp_secret_free(char *secret);
 /* ---- the built-in commands (lib/listener_builtins.c) ------------------- */
 
 /** A built-in command: appends one reply to `out` and returns 0 to go on,
- *  1 to close after the replies (QUIT), -1 to close now, or
- *  TP_BUILTIN_AUTHED once AUTH succeeded (the session lifts its limits). */
+ *  1 to close after the replies (QUIT), or -1 to close now. It changes
+ *  only fields of `s`; once it sets `authed`, the session lifts its
+ *  limits. */
 typedef int tp_builtin_fn(tp_session *s, int argc, const char **argv, const size_t *lens,
                           struct evbuffer *out);
-
-enum { TP_BUILTIN_AUTHED = 2 };
 
 /** The built-in named `name` (any case), or NULL. */
 tp_builtin_fn *tp_builtin_find(const char *name, size_t len);
