@@ -3,12 +3,12 @@
  * Publisher and subscriber. Every subscriber of a node shares one Redis
  * connection in subscribe mode, kept in the node's share of pub/sub
  * (struct tp_pubsub, a node service made on first use, with the table of
- * publications waiting for their reply). A
- * table maps each channel (and each pattern) to its local subscribers; the
- * first one sends SUBSCRIBE, the last one UNSUBSCRIBE. After a reconnect
- * everything is subscribed again and every subscriber is told it may have
- * missed messages. Subscribers are reference-counted while a message is
- * being delivered, so a callback may free any of them.
+ * publications waiting for their reply). A table maps each channel (and
+ * each pattern) to its local subscribers; the first one sends SUBSCRIBE,
+ * the last one UNSUBSCRIBE. After a reconnect everything is subscribed
+ * again and every subscriber is told it may have missed messages.
+ * Subscribers are reference-counted while a message is being delivered, so
+ * a callback may free any of them.
  */
 #include <event2/event.h>
 #include <stdint.h>

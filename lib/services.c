@@ -5,8 +5,8 @@
  * its hooks and adds its listener commands through the tables of node.h,
  * from here, in the order below: the presence, pub/sub, the node's share of
  * RPC, then the `RPC` command of the responders. The node tells them of
- * changes in that order and tears them down in the reverse order, which is
- * the order the tests check: the direct calls are cancelled before the
+ * changes in that order and tears them down in the reverse order, which
+ * keeps the teardown of before: the direct calls are cancelled before the
  * presence record is withdrawn, and the subscribe connection closes after
  * the command connection.
  */
