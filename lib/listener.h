@@ -8,8 +8,10 @@
  * command to its owner's tp_command_fn. With a shared secret, nothing but
  * AUTH, QUIT and HELLO runs before a successful AUTH.
  *
- * The protocol core (tp_session) is separate from the sockets so that tests
- * can feed it bytes in any split and read its replies.
+ * The protocol core (tp_session, lib/listener_session.c) is separate from
+ * the sockets (lib/listener.c) so that tests can feed it bytes in any split
+ * and read its replies; the built-in commands are in lib/listener_builtins.c
+ * and the tp_resp_* helpers in lib/listener_resp.c.
  */
 #ifndef TEMPEST_LISTENER_H
 #define TEMPEST_LISTENER_H

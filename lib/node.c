@@ -6,6 +6,11 @@
  * bad one) and queued; a node-owned event delivers them to the producers'
  * callbacks, outside the listener's stack, so that a callback may free the
  * node or anything else.
+ *
+ * The services built on the node reach it only through the tables of
+ * node.h: their hooks (told of changes, run at teardown) and their
+ * listener commands, attached by tempest_node_new (lib/services.c). The
+ * node calls nothing above it.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -17,8 +22,6 @@
 #include <time.h>
 
 #include "node.h"
-#include "presence.h"
-#include "rpc.h"
 
 static const char *default_url = "redis://127.0.0.1:6379";
 
@@ -36,6 +39,60 @@ void tp_node_log_reply(redisAsyncContext *ac, void *reply, void *privdata) {
         return;
     tempest_node *node = tp_redis_owner(r);
     tp_log(&node->log, TEMPEST_LOG_WARN, "%s: %s", (const char *)privdata, rep->str);
+}
+
+/* ---- services -------------------------------------------------------- */
+
+int tp_node_attach(tempest_node *node, const tp_node_service *svc) {
+    if (node->nservices == TP_NODE_SERVICES)
+        return TEMPEST_ELIMIT;
+    node->services[node->nservices++] = (tp_node_attached){.svc = svc};
+    return 0;
+}
+
+/* The index of `svc` in the node's services, or -1. */
+static int attached_at(const tempest_node *node, const tp_node_service *svc) {
+    for (int i = 0; i < node->nservices; i++)
+        if (node->services[i].svc == svc)
+            return i;
+    return -1;
+}
+
+void *tp_node_state(const tempest_node *node, const tp_node_service *svc) {
+    int i = attached_at(node, svc);
+    return i >= 0 ? node->services[i].state : NULL;
+}
+
+int tp_node_set_state(tempest_node *node, const tp_node_service *svc, void *state) {
+    int i = attached_at(node, svc);
+    if (i < 0)
+        return TEMPEST_ESTATE;
+    node->services[i].state = state;
+    return 0;
+}
+
+int tp_node_add_command(tempest_node *node, const tp_node_command *cmd) {
+    if (node->ncommands == TP_NODE_COMMANDS)
+        return TEMPEST_ELIMIT;
+    node->commands[node->ncommands++] = cmd;
+    return 0;
+}
+
+/* Tells every service of a change, in the order of attachment. */
+static void tell_services(tempest_node *node, int change) {
+    for (int i = 0; i < node->nservices; i++)
+        if (node->services[i].svc->on_change)
+            node->services[i].svc->on_change(node, change);
+}
+
+/* One phase of the services' teardown, the last attached first. */
+static void stop_services(tempest_node *node, bool last_phase) {
+    for (int i = node->nservices; i-- > 0;) {
+        const tp_node_service *svc = node->services[i].svc;
+        void (*hook)(tempest_node *) = last_phase ? svc->free : svc->stop;
+        if (hook)
+            hook(node);
+    }
 }
 
 /* ---- deliveries ------------------------------------------------------ */
@@ -346,14 +403,29 @@ static void on_answer_command(tempest_node *node, int argc, const char **argv,
     accept_answer(node, job, kind, json, out);
 }
 
+/* The first command added whose name and matcher take the request. */
+static const tp_node_command *find_command(const tempest_node *node, int argc, const char **argv,
+                                           const size_t *argvlen) {
+    for (int i = 0; i < node->ncommands; i++) {
+        const tp_node_command *cmd = node->commands[i];
+        if (argvlen[0] == strlen(cmd->name) && strncasecmp(argv[0], cmd->name, argvlen[0]) == 0 &&
+            (cmd->match == NULL || cmd->match(argc, argv, argvlen)))
+            return cmd;
+    }
+    return NULL;
+}
+
+/* The listener's one command callback: the services' commands, else an
+ * answer, else an unknown command. */
 static void on_command(void *arg, int argc, const char **argv, const size_t *argvlen,
                        struct evbuffer *out) {
     tempest_node *node = arg;
-    if (tp_rpc_is_request(argc, argv, argvlen)) {
+    const tp_node_command *cmd = find_command(node, argc, argv, argvlen);
+    if (cmd != NULL) {
         if (node->freeing)
             tp_resp_error(out, "ERR node is shutting down");
         else
-            tp_rpc_command(node, argc, argv, argvlen, out);
+            cmd->run(node, argc, argv, argvlen, out);
         return;
     }
     if ((argc == 3 || argc == 4) && node->freeing) {
@@ -401,7 +473,7 @@ int tp_node_ensure_listener(tempest_node *node) {
         node->listener = NULL;
         return TEMPEST_ENOMEM;
     }
-    tp_presence_kick(node); /* the record's address */
+    tell_services(node, TP_NODE_LISTENING);
     tp_log(&node->log, TEMPEST_LOG_INFO, "node listener on %s:%d, advertised as %s%s",
            node->listen_host, port, node->address, node->secret ? " (AUTH required)" : "");
     if (node->secret == NULL && !tp_host_is_loopback(node->listen_host)) {
@@ -433,7 +505,7 @@ static void on_id(redisAsyncContext *ac, void *reply, void *privdata) {
     if (rep->type == REDIS_REPLY_INTEGER && node->id == 0) {
         node->id = rep->integer;
         tp_log(&node->log, TEMPEST_LOG_INFO, "node id %lld", node->id);
-        tp_presence_kick(node);
+        tell_services(node, TP_NODE_ID_KNOWN);
     } else if (rep->type == REDIS_REPLY_ERROR) {
         tp_log(&node->log, TEMPEST_LOG_ERROR, "INCR cluster.ids: %s", rep->str);
     }
@@ -443,11 +515,11 @@ static void on_redis_state(tp_redis *r, int state, const char *reason, void *arg
     tempest_node *node = arg;
     if (state == TEMPEST_NODE_UP && node->id == 0)
         tp_redis_cmd(r, on_id, NULL, "INCR cluster.ids");
-    if (state == TEMPEST_NODE_UP) {
+    if (state == TEMPEST_NODE_UP)
         tp_log(&node->log, TEMPEST_LOG_INFO, "redis connection up");
-        tp_presence_kick(node);
-    } else if (reason)
+    else if (reason)
         tp_node_errorf(node, "redis: %s", reason);
+    tell_services(node, state == TEMPEST_NODE_UP ? TP_NODE_REDIS_UP : TP_NODE_REDIS_DOWN);
     if (node->on_state == NULL)
         return;
     tp_node_enter(node);
@@ -539,8 +611,8 @@ static int copy_presence(tempest_node *node, const tempest_node_options *o, temp
     return 0;
 }
 
-TEMPEST_API tempest_node *
-tempest_node_new(struct event_base *base, const tempest_node_options *options, tempest_error *err) {
+tempest_node *tp_node_new(struct event_base *base, const tempest_node_options *options,
+                          tempest_error *err) {
     static const tempest_node_options defaults;
     const tempest_node_options *o = options ? options : &defaults;
     tempest_node *node = tp_calloc(1, sizeof *node);
@@ -599,18 +671,19 @@ static void cancel_all(tempest_node *node) {
         tp_redis_flush(node->redis);
 }
 
+/* Jobs first (their callbacks may still use every service), then the
+ * services while the connections are open, then the connections, then
+ * what the services keep past them (node.h: tp_node_attach). */
 static void destroy(tempest_node *node) {
     node->freeing = true;
     node->depth++; /* callbacks run by cancel_all cannot free it again */
     cancel_all(node);
-    tp_rpc_node_free(node);
-    tp_presence_free(node);
+    stop_services(node, false);
     tp_listener_free(node->listener);
     tp_redis_free(node->redis);
     tp_map_clear(&node->pending);
     tp_map_clear(&node->workers);
-    tp_map_clear(&node->publications);
-    tp_pubsub_free(node->pubsub);
+    stop_services(node, true);
     if (node->deliver_ev)
         event_free(node->deliver_ev);
     if (node->own_base && node->base)

@@ -1,10 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The node's private state, shared by node.c, queue.c, worker.c and
- * front.c. User callbacks of the node (answers) run only from events the
- * node owns, never from inside the listener or hiredis, so that a callback
- * may free the node: `depth` counts callbacks running, and a free requested
- * inside one is finished when the outermost returns.
+ * The node's private state, shared by the files built on it (queue, worker,
+ * front, and the services: presence, pub/sub, requester and responder).
+ * User callbacks of the node (answers) run only from events the node owns,
+ * never from inside the listener or hiredis, so that a callback may free the
+ * node: `depth` counts callbacks running, and a free requested inside one is
+ * finished when the outermost returns.
+ *
+ * The node knows nothing of what is built on it. A service attaches a table
+ * of hooks (tp_node_service: told of changes, run at teardown) and adds its
+ * listener commands (tp_node_command) when the node is made, in the manner
+ * of nng's protocol ops; lib/services.c does it for every node.
  */
 #ifndef TEMPEST_NODE_PRIV_H
 #define TEMPEST_NODE_PRIV_H
@@ -23,6 +29,60 @@ struct event;
 /** How many cancelled job ids a node remembers, to refuse their late
  *  answers with -CANCELED instead of -ERR unknown job. */
 #define TP_CANCELLED_KEEP 1024
+
+/** Room for attached services and for listener commands (a fixed table:
+ *  attaching never allocates). */
+enum { TP_NODE_SERVICES = 8, TP_NODE_COMMANDS = 8 };
+
+/** What changed, told to each service's on_change hook. */
+enum tp_node_change {
+    TP_NODE_REDIS_UP,   /**< the command connection is up (again after each reconnection) */
+    TP_NODE_REDIS_DOWN, /**< the command connection is not up (the reason is in errstr) */
+    TP_NODE_ID_KNOWN,   /**< the node id was assigned (`INCR cluster.ids`) */
+    TP_NODE_LISTENING,  /**< the listener opened: the node's address is known */
+};
+
+/**
+ * A service's hooks, attached with tp_node_attach(); NULL members are
+ * skipped. The table is borrowed for the node's life (make it static const).
+ */
+typedef struct tp_node_service {
+    /** Told of each change, services in the order of attachment; on
+     *  TP_NODE_REDIS_UP and _DOWN, before the application's on_state. */
+    void (*on_change)(struct tempest_node *node, int change);
+    /** Teardown, first phase: after every job got its terminal callback,
+     *  while the listener and the command connection are still open (the
+     *  hook may write to the connection and flush it). */
+    void (*stop)(struct tempest_node *node);
+    /** Teardown, second phase: after the listener and the command
+     *  connection are freed (their pending reply callbacks have run). */
+    void (*free)(struct tempest_node *node);
+} tp_node_service;
+
+/**
+ * A listener command added with tp_node_add_command(). The node's dispatch
+ * tries its commands in the order they were added: the first whose `name`
+ * equals argv[0] (any case) and whose `match` (when set) returns true
+ * runs. A command none takes and that has three or four arguments is an
+ * answer to a job (`<action> <job_id> <json> [FLAG]`, the node's own
+ * path); anything else is an unknown command.
+ */
+typedef struct tp_node_command {
+    const char *name;
+    /** NULL, or tells this command from an answer to a job whose action
+     *  has the same name (`RPC <job_id> <json> MORE`). */
+    bool (*match)(int argc, const char **argv, const size_t *argvlen);
+    /** Replies as a tp_command_fn does (listener.h); not called once the
+     *  node is being freed (the node replies `-ERR node is shutting down`). */
+    void (*run)(struct tempest_node *node, int argc, const char **argv, const size_t *argvlen,
+                struct evbuffer *out);
+} tp_node_command;
+
+/** An attached service and its state (tp_node_state). */
+typedef struct tp_node_attached {
+    const tp_node_service *svc;
+    void *state;
+} tp_node_attached;
 
 /** One answer (or terminal event) queued for delivery to its producer. */
 typedef struct tp_delivery {
@@ -79,18 +139,16 @@ struct tempest_node {
      * connection find a worker, or learn that it was freed */
     tp_map workers;
     long long next_worker;
-    /* publications waiting for their reply, by id (lib/pubsub.c) */
-    tp_map publications;
-    long long next_publication;
-    struct tp_pubsub *pubsub; /* the subscribe connection, once needed */
-    struct tp_rpc *rpc;       /* responders and direct calls (lib/rpc.c), once needed */
-    /* presence (lib/presence.c) */
+    /* the services attached, in order, and the commands they added */
+    tp_node_attached services[TP_NODE_SERVICES];
+    int nservices;
+    const tp_node_command *commands[TP_NODE_COMMANDS];
+    int ncommands;
+    /* the options of the node's presence record */
     char *ns;
     int heartbeat_ms, presence_ttl_ms;
     uint64_t started_ms; /* CLOCK_MONOTONIC, for the record's uptime */
-    struct tp_presence *presence;
-    uint64_t jobs_sent; /* tempest_work calls that queued a job */
-    bool producing;     /* joined the presence as a producer */
+    uint64_t jobs_sent;  /* tempest_work calls that queued a job */
     /* answers from foreign peers that could not be used (acknowledged +OK) */
     uint64_t answers_dropped;
     uint64_t drops_unlogged; /* since the last log line about them */
@@ -99,6 +157,31 @@ struct tempest_node {
     bool freeing;
     char errstr[256];
 };
+
+/** Makes a node with no service attached (tempest_node_new, in
+ *  lib/services.c, attaches them): as tempest_node_new otherwise. */
+tempest_node *tp_node_new(struct event_base *base, const tempest_node_options *options,
+                          tempest_error *err);
+
+/**
+ * Attaches `svc` (borrowed for the node's life). Teardown runs the `stop`
+ * hooks of every service, the last attached first, then closes the
+ * listener and the command connection, then runs the `free` hooks, the
+ * last attached first. Returns 0, or TEMPEST_ELIMIT past TP_NODE_SERVICES.
+ */
+int tp_node_attach(tempest_node *node, const tp_node_service *svc);
+
+/** The state that `svc` keeps on the node: NULL until set, or when `svc`
+ *  is not attached. */
+void *tp_node_state(const tempest_node *node, const tp_node_service *svc);
+
+/** Sets the state of `svc` (its hooks free it); TEMPEST_ESTATE when `svc`
+ *  is not attached. */
+int tp_node_set_state(tempest_node *node, const tp_node_service *svc, void *state);
+
+/** Adds a listener command (borrowed for the node's life; see
+ *  tp_node_command). Returns 0, or TEMPEST_ELIMIT past TP_NODE_COMMANDS. */
+int tp_node_add_command(tempest_node *node, const tp_node_command *cmd);
 
 /** Opens the listener if it is not open; 0 or TEMPEST_EADDR. */
 int tp_node_ensure_listener(tempest_node *node);
@@ -126,21 +209,6 @@ void tp_node_cancelled(tempest_node *node, long long id);
  *  the table when its terminal event is delivered or it is cancelled. */
 void tp_node_finish(tempest_node *node, tp_pending *job);
 
-/** An event of the library's own subscribers only (never delivered to an
- *  application's): Redis confirmed the subscription to `channel`; from now
- *  on every message published to it arrives. */
-enum { TP_SUB_ACTIVE = 100 };
-
-/** Asks for TP_SUB_ACTIVE events on `s` (lib/worker.c's cancel watch). */
-void tp_subscriber_want_active(tempest_subscriber *s);
-
-/** True when Redis has confirmed the node's subscription to `channel`. */
-bool tp_subscription_active(const tempest_node *node, const char *channel, bool pattern);
-
-/** Frees the node's subscribe connection and channel table (node.c's
- *  destroy calls it; subscribers must be freed first). */
-void tp_pubsub_free(struct tp_pubsub *ps);
-
 /** A reply callback for commands on the node's connection whose only
  *  outcome of interest is an error: logs it as a warning, prefixed with
  *  `privdata` (a static string). */
@@ -154,5 +222,10 @@ static inline void tp_node_enter(tempest_node *node) {
     node->depth++;
 }
 bool tp_node_leave(tempest_node *node);
+
+/* Transitional, for the merge: lib/worker.c calls pub/sub's private
+ * functions (lib/pubsub.h) and includes only this header. Drop this line
+ * once the worker's files include "pubsub.h" themselves. */
+#include "pubsub.h"
 
 #endif

@@ -47,7 +47,23 @@ typedef struct tp_presence {
     char *nodes;   /* tempest:<ns>:nodes */
     char *records; /* tempest:<ns>:nodes:records */
     status_req *reqs;
+    bool producing; /* the node joined as a producer */
 } tp_presence;
+
+/* The presence is a service of its node (node.h): the node tells it of
+ * changes and stops it at teardown; its state is made on first use. */
+static void on_change(tempest_node *node, int change);
+static void presence_stop(tempest_node *node);
+
+static const tp_node_service presence_service = {.on_change = on_change, .stop = presence_stop};
+
+int tp_presence_attach(tempest_node *node) {
+    return tp_node_attach(node, &presence_service);
+}
+
+static tp_presence *presence_get(const tempest_node *node) {
+    return tp_node_state(node, &presence_service);
+}
 
 static char *key_of(const char *ns, const char *suffix) {
     size_t n = strlen("tempest::") + strlen(ns) + strlen(suffix) + 1;
@@ -66,15 +82,16 @@ static uint64_t now_ms(void) {
 static void on_beat(evutil_socket_t fd, short what, void *arg);
 
 static tp_presence *presence_of(tempest_node *node) {
-    if (node->presence != NULL)
-        return node->presence;
-    tp_presence *p = tp_calloc(1, sizeof *p);
-    if (p == NULL)
+    tp_presence *p = presence_get(node);
+    if (p != NULL)
+        return p;
+    if ((p = tp_calloc(1, sizeof *p)) == NULL)
         return NULL;
     p->beat_ev = evtimer_new(node->base, on_beat, node);
     p->nodes = key_of(node->ns, "nodes");
     p->records = key_of(node->ns, "nodes:records");
-    if (p->beat_ev == NULL || p->nodes == NULL || p->records == NULL) {
+    if (p->beat_ev == NULL || p->nodes == NULL || p->records == NULL ||
+        tp_node_set_state(node, &presence_service, p) != 0) {
         if (p->beat_ev)
             event_free(p->beat_ev);
         free(p->nodes);
@@ -82,7 +99,6 @@ static tp_presence *presence_of(tempest_node *node) {
         free(p);
         return NULL;
     }
-    node->presence = p;
     return p;
 }
 
@@ -134,7 +150,7 @@ static json_t *build_record(tempest_node *node) {
     if (rec == NULL)
         return NULL;
     json_object_set_new(rec, "address", node->address ? json_string(node->address) : json_null());
-    for (member *m = node->presence->members; m; m = m->next)
+    for (member *m = presence_get(node)->members; m; m = m->next)
         m->describe(m->owner, rec);
     return rec;
 }
@@ -142,7 +158,7 @@ static json_t *build_record(tempest_node *node) {
 /* ---- the beat -------------------------------------------------------- */
 
 static void withdraw(tempest_node *node) {
-    tp_presence *p = node->presence;
+    tp_presence *p = presence_get(node);
     char id[24];
     snprintf(id, sizeof id, "%lld", node->id);
     tp_redis_cmd(node->redis, tp_node_log_reply, (void *)"presence", "ZREM %s %s", p->nodes, id);
@@ -158,23 +174,24 @@ static void on_expired(redisAsyncContext *ac, void *reply, void *privdata) {
         tp_node_log_reply(ac, reply, privdata);
         return;
     }
-    tempest_node *node = tp_redis_owner(r);
-    for (size_t i = 0; node->presence && i < rep->elements; i++)
+    tp_presence *p = presence_get(tp_redis_owner(r));
+    for (size_t i = 0; p && i < rep->elements; i++)
         if (rep->element[i]->type == REDIS_REPLY_STRING)
-            tp_redis_cmd(r, tp_node_log_reply, (void *)"presence", "HDEL %s %s",
-                         node->presence->records, rep->element[i]->str);
+            tp_redis_cmd(r, tp_node_log_reply, (void *)"presence", "HDEL %s %s", p->records,
+                         rep->element[i]->str);
 }
 
 /* In Redis Cluster mode the two keys live in different slots: the script
  * runs on the zset alone and the record is written beside it. */
 static int send_record_cluster(tempest_node *node, const char *id, const char *ttl,
                                const char *text) {
-    const char *argv[] = {node->presence->nodes, id, ttl, text};
+    tp_presence *p = presence_get(node);
+    const char *argv[] = {p->nodes, id, ttl, text};
     int rc = tp_redis_script(node->redis, on_expired, (void *)"presence", TP_SCRIPT_PRESENCE, 1, 4,
                              argv, NULL);
     if (rc == 0)
         rc = tp_redis_cmd(node->redis, tp_node_log_reply, (void *)"presence", "HSET %s %s %s",
-                          node->presence->records, id, text);
+                          p->records, id, text);
     return rc;
 }
 
@@ -189,17 +206,18 @@ static void send_record(tempest_node *node) {
     char id[24], ttl[16];
     snprintf(id, sizeof id, "%lld", node->id);
     snprintf(ttl, sizeof ttl, "%d", node->presence_ttl_ms);
-    const char *argv[] = {node->presence->nodes, node->presence->records, id, ttl, text};
+    tp_presence *p = presence_get(node);
+    const char *argv[] = {p->nodes, p->records, id, ttl, text};
     if (node->url.nseeds > 0 ? send_record_cluster(node, id, ttl, text) == 0
                              : tp_redis_script(node->redis, tp_node_log_reply, (void *)"presence",
                                                TP_SCRIPT_PRESENCE, 2, 5, argv, NULL) == 0)
-        node->presence->listed = true;
+        p->listed = true;
     free(text);
 }
 
 static int period_of(tempest_node *node) {
     int period = node->heartbeat_ms;
-    for (member *m = node->presence->members; m; m = m->next)
+    for (member *m = presence_get(node)->members; m; m = m->next)
         if (m->period_ms > 0 && m->period_ms < period)
             period = m->period_ms;
     return period;
@@ -208,7 +226,7 @@ static int period_of(tempest_node *node) {
 static void on_beat(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     tempest_node *node = arg;
-    tp_presence *p = node->presence;
+    tp_presence *p = presence_get(node);
     bool up = tp_redis_state(node->redis) == TEMPEST_NODE_UP && node->id != 0;
     if (p->members == NULL) {
         if (up && p->listed)
@@ -229,9 +247,17 @@ static void on_beat(evutil_socket_t fd, short what, void *arg) {
     evtimer_add(p->beat_ev, &tv);
 }
 
-void tp_presence_kick(tempest_node *node) {
-    if (node->presence != NULL)
-        event_active(node->presence->beat_ev, EV_TIMEOUT, 0);
+/* Beats on the next turn of the loop; nothing without a presence. */
+static void kick(tempest_node *node) {
+    tp_presence *p = presence_get(node);
+    if (p != NULL)
+        event_active(p->beat_ev, EV_TIMEOUT, 0);
+}
+
+/* The connection is up, the id or the address is known: beat now. */
+static void on_change(tempest_node *node, int change) {
+    if (change != TP_NODE_REDIS_DOWN)
+        kick(node);
 }
 
 int tp_presence_join(tempest_node *node, void *owner, tp_presence_describe_fn *describe,
@@ -245,19 +271,19 @@ int tp_presence_join(tempest_node *node, void *owner, tp_presence_describe_fn *d
     while (*tail)
         tail = &(*tail)->next;
     *tail = m;
-    tp_presence_kick(node);
+    kick(node);
     return 0;
 }
 
 void tp_presence_leave(tempest_node *node, void *owner) {
-    tp_presence *p = node->presence;
+    tp_presence *p = presence_get(node);
     for (member **mp = p ? &p->members : NULL; mp && *mp; mp = &(*mp)->next) {
         if ((*mp)->owner == owner) {
             member *m = *mp;
             *mp = m->next;
             free(m);
             if (!node->freeing)
-                tp_presence_kick(node);
+                kick(node);
             return;
         }
     }
@@ -272,14 +298,16 @@ static void describe_producer(void *owner, json_t *record) {
 
 void tp_presence_produced(tempest_node *node) {
     node->jobs_sent++;
-    if (!node->producing && tp_presence_join(node, node, describe_producer, NULL, 0) == 0)
-        node->producing = true;
+    tp_presence *p = presence_get(node);
+    if ((p == NULL || !p->producing) &&
+        tp_presence_join(node, node, describe_producer, NULL, 0) == 0)
+        presence_get(node)->producing = true;
 }
 
 /* ---- tempest_cluster_status ------------------------------------------ */
 
 static void req_free(status_req *q) {
-    tp_presence *p = q->node->presence;
+    tp_presence *p = presence_get(q->node);
     if (q->prev)
         q->prev->next = q->next;
     else
@@ -611,8 +639,9 @@ TEMPEST_API int tempest_cluster_status(tempest_node *node, const char *ns, tempe
 
 /* ---- teardown -------------------------------------------------------- */
 
-void tp_presence_free(tempest_node *node) {
-    tp_presence *p = node->presence;
+/* Withdraws the record (best effort), cancels the status reads, frees. */
+static void presence_stop(tempest_node *node) {
+    tp_presence *p = presence_get(node);
     if (p == NULL)
         return;
     if (p->listed && tp_redis_state(node->redis) == TEMPEST_NODE_UP && node->id != 0) {
@@ -635,5 +664,5 @@ void tp_presence_free(tempest_node *node) {
     free(p->nodes);
     free(p->records);
     free(p);
-    node->presence = NULL;
+    tp_node_set_state(node, &presence_service, NULL);
 }

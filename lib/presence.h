@@ -41,16 +41,14 @@ int tp_presence_join(struct tempest_node *node, void *owner, tp_presence_describ
  *  the node when it was the last). Unknown owners are ignored. */
 void tp_presence_leave(struct tempest_node *node, void *owner);
 
-/** Beats on the next turn of the loop (connection up, id known, a role
- *  changed). Does nothing without roles. */
-void tp_presence_kick(struct tempest_node *node);
-
 /** Counts a job sent, and joins the node as a producer on the first. */
 void tp_presence_produced(struct tempest_node *node);
 
-/** Withdraws the node's record now (best effort) and frees the presence;
- *  the node's destroy calls it. */
-void tp_presence_free(struct tempest_node *node);
+/** Attaches the presence to a new node (lib/services.c): it beats at once
+ *  when the connection comes up, the id or the address becomes known, and
+ *  its `stop` hook withdraws the record (best effort) and frees it. Returns
+ *  0 or a negative TEMPEST_E code. */
+int tp_presence_attach(struct tempest_node *node);
 
 /** Adds `role` to the record's "roles" (once). */
 void tp_presence_add_role(json_t *record, const char *role);

@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Publisher and subscriber. Every subscriber of a node shares one Redis
- * connection in subscribe mode (struct tp_pubsub, made on first use). A
- * table maps each channel (and each pattern) to its local subscribers; the
- * first one sends SUBSCRIBE, the last one UNSUBSCRIBE. After a reconnect
- * everything is subscribed again and every subscriber is told it may have
- * missed messages. Subscribers are reference-counted while a message is
- * being delivered, so a callback may free any of them.
+ * connection in subscribe mode, kept in the node's share of pub/sub
+ * (struct tp_pubsub, a node service made on first use, with the table of
+ * publications waiting for their reply). A table maps each channel (and
+ * each pattern) to its local subscribers; the first one sends SUBSCRIBE,
+ * the last one UNSUBSCRIBE. After a reconnect everything is subscribed
+ * again and every subscriber is told it may have missed messages.
+ * Subscribers are reference-counted while a message is being delivered, so
+ * a callback may free any of them.
  */
 #include <event2/event.h>
 #include <stdint.h>
@@ -16,6 +18,7 @@
 #include <strings.h>
 
 #include "node.h"
+#include "pubsub.h"
 #include "scripts.h"
 
 /* ---- the channel table ----------------------------------------------- */
@@ -34,12 +37,28 @@ typedef struct chan {
 
 typedef struct tp_pubsub {
     tempest_node *node;
-    tp_redis *redis;
+    tp_redis *redis; /* the subscribe connection, made for the first subscriber */
     chan **buckets;
     size_t nbuckets, nchans;
     bool was_up;         /* a later UP is a reconnection */
     unsigned generation; /* marks subscribers already told of an interruption */
+    tp_map publications; /* waiting for their reply, by id */
+    long long next_publication;
 } tp_pubsub;
+
+/* Pub/sub is a service of its node (node.h); the node frees it last, after
+ * its command connection (whose replies the publications wait for). */
+static void pubsub_free(tempest_node *node);
+
+static const tp_node_service pubsub_service = {.free = pubsub_free};
+
+int tp_pubsub_attach(tempest_node *node) {
+    return tp_node_attach(node, &pubsub_service);
+}
+
+static tp_pubsub *pubsub_get(const tempest_node *node) {
+    return tp_node_state(node, &pubsub_service);
+}
 
 struct tempest_subscriber {
     tempest_node *node;
@@ -289,25 +308,36 @@ static void on_state(tp_redis *r, int state, const char *reason, void *arg) {
         interrupted(ps); /* last: a callback may free the node */
 }
 
+/* The node's share of pub/sub, made on first use. */
 static tp_pubsub *pubsub_of(tempest_node *node) {
-    if (node->pubsub)
-        return node->pubsub;
-    tp_pubsub *ps = tp_calloc(1, sizeof *ps);
-    if (ps == NULL)
+    tp_pubsub *ps = pubsub_get(node);
+    if (ps != NULL)
+        return ps;
+    if ((ps = tp_calloc(1, sizeof *ps)) == NULL)
         return NULL;
     ps->node = node;
-    ps->redis = tp_redis_new(node->base, &node->url, &node->timing, &node->log, on_state, ps);
-    if (ps->redis == NULL) {
+    if (tp_node_set_state(node, &pubsub_service, ps) != 0) {
         free(ps);
         return NULL;
     }
-    node->pubsub = ps;
     return ps;
 }
 
-void tp_pubsub_free(tp_pubsub *ps) {
+/* The share with its subscribe connection, made for the first subscriber. */
+static tp_pubsub *subscribing(tempest_node *node) {
+    tp_pubsub *ps = pubsub_of(node);
+    if (ps == NULL || ps->redis != NULL)
+        return ps;
+    ps->redis = tp_redis_new(node->base, &node->url, &node->timing, &node->log, on_state, ps);
+    return ps->redis != NULL ? ps : NULL;
+}
+
+/* Subscribers and publishers are freed by now. */
+static void pubsub_free(tempest_node *node) {
+    tp_pubsub *ps = pubsub_get(node);
     if (ps == NULL)
         return;
+    tp_map_clear(&ps->publications);
     tp_redis_free(ps->redis);
     for (size_t i = 0; i < ps->nbuckets; i++) {
         for (chan *c = ps->buckets[i], *next; c; c = next) {
@@ -319,11 +349,12 @@ void tp_pubsub_free(tp_pubsub *ps) {
     }
     free(ps->buckets);
     free(ps);
+    tp_node_set_state(node, &pubsub_service, NULL);
 }
 
 TEMPEST_API size_t tempest_node_subscriptions(const tempest_node *node) {
     size_t n = 0;
-    tp_pubsub *ps = node ? node->pubsub : NULL;
+    tp_pubsub *ps = node ? pubsub_get(node) : NULL;
     for (size_t i = 0; ps && i < ps->nbuckets; i++)
         for (chan *c = ps->buckets[i]; c; c = c->next)
             n += c->confirmed;
@@ -331,7 +362,7 @@ TEMPEST_API size_t tempest_node_subscriptions(const tempest_node *node) {
 }
 
 bool tp_subscription_active(const tempest_node *node, const char *channel, bool pattern) {
-    tp_pubsub *ps = node ? node->pubsub : NULL;
+    tp_pubsub *ps = node ? pubsub_get(node) : NULL;
     chan *c = ps ? chan_get(ps, channel, strlen(channel), pattern) : NULL;
     return c != NULL && c->confirmed;
 }
@@ -349,7 +380,7 @@ TEMPEST_API tempest_subscriber *tempest_subscriber_new(tempest_node *node, tempe
         return NULL;
     }
     tempest_subscriber *s = tp_calloc(1, sizeof *s);
-    if (s == NULL || pubsub_of(node) == NULL) {
+    if (s == NULL || subscribing(node) == NULL) {
         free(s);
         tp_error_set(err, TEMPEST_ENOMEM, "out of memory");
         return NULL;
@@ -371,7 +402,7 @@ static bool has_sub(const chan *c, const tempest_subscriber *s, size_t *at) {
 TEMPEST_API int tempest_subscribe(tempest_subscriber *s, const char *channel, bool pattern) {
     if (s == NULL || channel == NULL || *channel == '\0' || s->dead)
         return TEMPEST_EINVAL;
-    tp_pubsub *ps = s->node->pubsub;
+    tp_pubsub *ps = pubsub_get(s->node);
     chan *c = chan_add(ps, channel, pattern);
     size_t at;
     if (c == NULL)
@@ -403,7 +434,7 @@ static void remove_sub(tp_pubsub *ps, chan *c, size_t at) {
 TEMPEST_API int tempest_unsubscribe(tempest_subscriber *s, const char *channel, bool pattern) {
     if (s == NULL || channel == NULL)
         return TEMPEST_EINVAL;
-    tp_pubsub *ps = s->node->pubsub;
+    tp_pubsub *ps = pubsub_get(s->node);
     chan *c = chan_get(ps, channel, strlen(channel), pattern);
     size_t at;
     if (c == NULL || !has_sub(c, s, &at))
@@ -415,7 +446,7 @@ TEMPEST_API int tempest_unsubscribe(tempest_subscriber *s, const char *channel, 
 TEMPEST_API void tempest_subscriber_free(tempest_subscriber *s) {
     if (s == NULL || s->dead)
         return;
-    tp_pubsub *ps = s->node->pubsub;
+    tp_pubsub *ps = pubsub_get(s->node);
     for (size_t i = 0; i < ps->nbuckets; i++) {
         for (chan *c = ps->buckets[i], *next; c; c = next) {
             next = c->next; /* remove_sub may drop c */
@@ -434,13 +465,14 @@ TEMPEST_API void tempest_subscriber_free(tempest_subscriber *s) {
 typedef struct publication {
     struct publication *prev, *next; /* the publisher's publications in flight */
     tempest_publisher *pub;
-    long long id; /* key in node->publications */
+    long long id; /* key in tp_pubsub.publications */
     tempest_published_fn *done;
     void *arg;
 } publication;
 
 struct tempest_publisher {
     tempest_node *node;
+    tp_pubsub *ps; /* the node's share: the publications in flight */
     int history;
     publication *inflight;
     bool freeing;
@@ -454,12 +486,13 @@ TEMPEST_API tempest_publisher *tempest_publisher_new(tempest_node *node,
         tp_error_set(err, TEMPEST_EINVAL, "publisher: a node is required; history >= 0");
         return NULL;
     }
-    tempest_publisher *p = tp_calloc(1, sizeof *p);
+    tp_pubsub *ps = pubsub_of(node);
+    tempest_publisher *p = ps ? tp_calloc(1, sizeof *p) : NULL;
     if (p == NULL) {
         tp_error_set(err, TEMPEST_ENOMEM, "out of memory");
         return NULL;
     }
-    *p = (tempest_publisher){.node = node, .history = history};
+    *p = (tempest_publisher){.node = node, .ps = ps, .history = history};
     return p;
 }
 
@@ -470,7 +503,7 @@ static void unlink_publication(publication *pb) {
         pb->pub->inflight = pb->next;
     if (pb->next)
         pb->next->prev = pb->prev;
-    tp_map_del(&pb->pub->node->publications, pb->id);
+    tp_map_del(&pb->pub->ps->publications, pb->id);
 }
 
 /* Runs the callback of a publication already unlinked, then frees it. */
@@ -489,7 +522,7 @@ static void on_published(redisAsyncContext *ac, void *reply, void *privdata) {
     if (r == NULL)
         return;
     tempest_node *node = tp_redis_owner(r);
-    publication *pb = tp_map_get(&node->publications, (long long)(intptr_t)privdata);
+    publication *pb = tp_map_get(&pubsub_get(node)->publications, (long long)(intptr_t)privdata);
     if (pb == NULL)
         return; /* its publisher was freed */
     unlink_publication(pb);
@@ -529,15 +562,15 @@ TEMPEST_API int tempest_publish_raw(tempest_publisher *p, const char *channel, c
     if (p->freeing)
         return TEMPEST_ECANCELED;
     publication *pb = tp_malloc(sizeof *pb);
-    long long id = ++p->node->next_publication;
-    if (pb == NULL || tp_map_put(&p->node->publications, id, pb) != 0) {
+    long long id = ++p->ps->next_publication;
+    if (pb == NULL || tp_map_put(&p->ps->publications, id, pb) != 0) {
         free(pb);
         return TEMPEST_ENOMEM;
     }
     *pb = (publication){.pub = p, .id = id, .done = done, .arg = arg, .next = p->inflight};
     int rc = send_publish(p, channel, payload, len, id);
     if (rc != 0) {
-        tp_map_del(&p->node->publications, id);
+        tp_map_del(&p->ps->publications, id);
         free(pb);
         return rc;
     }
