@@ -223,9 +223,4 @@ static inline void tp_node_enter(tempest_node *node) {
 }
 bool tp_node_leave(tempest_node *node);
 
-/* Transitional, for the merge: lib/worker.c calls pub/sub's private
- * functions (lib/pubsub.h) and includes only this header. Drop this line
- * once the worker's files include "pubsub.h" themselves. */
-#include "pubsub.h"
-
 #endif

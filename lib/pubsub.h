@@ -21,7 +21,7 @@ int tp_pubsub_attach(tempest_node *node);
  *  on every message published to it arrives. */
 enum { TP_SUB_ACTIVE = 100 };
 
-/** Asks for TP_SUB_ACTIVE events on `s` (lib/worker.c's cancel watch). */
+/** Asks for TP_SUB_ACTIVE events on `s` (lib/worker_cancel.c's cancel watch). */
 void tp_subscriber_want_active(tempest_subscriber *s);
 
 /** True when Redis has confirmed the node's subscription to `channel`. */

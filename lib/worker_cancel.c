@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pubsub.h"
 #include "worker.h"
 
 /* Jobs of `addr` whose cancel was heard before they were taken, when the
