@@ -463,13 +463,31 @@ static void tt_cleanup_at_exit(void) {
     }
 }
 
-int tt_redis_start(tt_redis *r, const char *const *extra) {
+/* Zeroes `r`, sets up the cleanup at exit (once) and makes r's directory. */
+static int tt_prepare(tt_redis *r) {
     memset(r, 0, sizeof *r);
     if (!tt_atexit_registered) {
         tt_sweep_stale_dirs();
         tt_atexit_registered = atexit(tt_cleanup_at_exit) == 0;
     }
-    if (tt_make_dir(r) == -1)
+    return tt_make_dir(r);
+}
+
+/* Launches the server on r->port, its URL set. */
+static int tt_launch_at_port(tt_redis *r, const char *conf, const char *const *extra) {
+    snprintf(r->url, sizeof r->url, "redis://127.0.0.1:%d", r->port);
+    return tt_launch(r, conf, extra);
+}
+
+/* A start that failed every attempt: removes the dir and zeroes `r`. */
+static int tt_give_up(tt_redis *r) {
+    tt_rmtree(r->dir);
+    memset(r, 0, sizeof *r);
+    return -1;
+}
+
+int tt_redis_start(tt_redis *r, const char *const *extra) {
+    if (tt_prepare(r) == -1)
         return -1;
     /* Another process may take the free port before redis binds it: retry. */
     bool cluster = false;
@@ -479,13 +497,10 @@ int tt_redis_start(tt_redis *r, const char *const *extra) {
         r->port = cluster ? tt_free_port_pair(10000) : tt_free_port();
         if (r->port <= 0)
             break;
-        snprintf(r->url, sizeof r->url, "redis://127.0.0.1:%d", r->port);
-        if (tt_launch(r, NULL, extra) == 0)
+        if (tt_launch_at_port(r, NULL, extra) == 0)
             return 0;
     }
-    tt_rmtree(r->dir);
-    memset(r, 0, sizeof *r);
-    return -1;
+    return tt_give_up(r);
 }
 
 void tt_redis_kill(tt_redis *r) {
@@ -549,24 +564,51 @@ static int tt_sentinel_conf(const tt_redis *r, const char *name, int master_port
 
 int tt_sentinel_start(tt_redis *r, const char *name, int master_port) {
     char conf[PATH_MAX];
-    memset(r, 0, sizeof *r);
-    if (!tt_atexit_registered) {
-        tt_sweep_stale_dirs();
-        tt_atexit_registered = atexit(tt_cleanup_at_exit) == 0;
-    }
-    if (tt_make_dir(r) == -1)
+    if (tt_prepare(r) == -1)
         return -1;
     for (int attempt = 0; attempt < TT_START_ATTEMPTS; attempt++) {
         r->port = tt_free_port();
         if (r->port <= 0 || tt_sentinel_conf(r, name, master_port, conf, sizeof conf) == -1)
             break;
-        snprintf(r->url, sizeof r->url, "redis://127.0.0.1:%d", r->port);
-        if (tt_launch(r, conf, NULL) == 0)
+        if (tt_launch_at_port(r, conf, NULL) == 0)
             return 0;
     }
-    tt_rmtree(r->dir);
-    memset(r, 0, sizeof *r);
-    return -1;
+    return tt_give_up(r);
+}
+
+/* ---- fixtures -------------------------------------------------------------- */
+
+static tt_redis *tt_group; /* the server of tt_group_setup */
+
+void tt_group_redis(tt_redis *r) {
+    tt_group = r;
+}
+
+int tt_group_setup(void **state) {
+    (void)state;
+    return tt_redis_start(tt_group, NULL);
+}
+
+int tt_group_teardown(void **state) {
+    (void)state;
+    tt_redis_stop(tt_group);
+    return 0;
+}
+
+/* A pointer to a struct also points to its first member (C11 6.7.2.1). */
+int tt_fixture_setup(void **state, size_t size, const tt_redis *r) {
+    struct event_base **base = calloc(1, size);
+    if (base == NULL || tt_redis_int(r, "FLUSHALL") != 0 || (*base = event_base_new()) == NULL) {
+        free(base);
+        return -1;
+    }
+    *state = base;
+    return 0;
+}
+
+void tt_fixture_free(void *fixture) {
+    event_base_free(*(struct event_base **)fixture);
+    free(fixture);
 }
 
 /* ---- a cluster of masters ------------------------------------------------ */

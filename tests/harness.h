@@ -74,6 +74,26 @@ int tt_cluster_start(tt_redis *nodes, int n, char *url, size_t urlsize);
 int tt_cluster_add_replica(tt_redis *replica, const tt_redis *master);
 
 /**
+ * Group fixtures for the tests of a file that share one server: name it
+ * with tt_group_redis() in main(), then run the group with tt_group_setup
+ * (tt_redis_start(server, NULL)) and tt_group_teardown (tt_redis_stop).
+ */
+void tt_group_redis(tt_redis *r);
+int tt_group_setup(void **state);
+int tt_group_teardown(void **state);
+
+/**
+ * A test's fixture: `size` zeroed bytes whose first member is a `struct
+ * event_base *`, set to a new loop after FLUSHALL on `r`. Stores it in
+ * `*state` and returns 0, or returns -1 with nothing left. Free it with
+ * tt_fixture_free().
+ */
+int tt_fixture_setup(void **state, size_t size, const tt_redis *r);
+
+/** Frees the loop that is the first member of `fixture`, then the fixture. */
+void tt_fixture_free(void *fixture);
+
+/**
  * Runs a synchronous command on the server (hiredis, blocking; test only)
  * and returns the reply as an integer (for :N replies), or the length of a
  * list/array reply, or -1 on error. `fmt` as redisCommand.

@@ -259,17 +259,6 @@ static void test_cancel_chaos(void **state) {
     chaos_loop("cancel", "chaos3", cancel_trip, 1, NULL);
 }
 
-static int setup(void **state) {
-    (void)state;
-    return tt_redis_start(&redis, NULL);
-}
-
-static int teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&redis);
-    return 0;
-}
-
 int main(void) {
     tt_require_redis();
     const struct CMUnitTest tests[] = {
@@ -277,5 +266,6 @@ int main(void) {
         cmocka_unit_test(test_front_chaos),
         cmocka_unit_test(test_cancel_chaos),
     };
-    return cmocka_run_group_tests_name("alloc", tests, setup, teardown);
+    tt_group_redis(&redis);
+    return cmocka_run_group_tests_name("alloc", tests, tt_group_setup, tt_group_teardown);
 }

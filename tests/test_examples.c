@@ -229,15 +229,8 @@ static bool http_get(int port, const char *path, char *resp, size_t size) {
 /* ---- fixture -------------------------------------------------------------- */
 
 static int group_setup(void **state) {
-    (void)state;
     signal(SIGPIPE, SIG_IGN);
-    return tt_redis_start(&g_redis, NULL);
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&g_redis);
-    return 0;
+    return tt_group_setup(state);
 }
 
 static int setup(void **state) {
@@ -486,5 +479,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_monitor_redis_unreachable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_front_redis_unreachable, setup, teardown),
     };
-    return cmocka_run_group_tests_name("examples", tests, group_setup, group_teardown);
+    tt_group_redis(&g_redis);
+    return cmocka_run_group_tests_name("examples", tests, group_setup, tt_group_teardown);
 }

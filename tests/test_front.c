@@ -35,6 +35,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_http.h"
 
 #define WAIT_MS 5000
 #define NWORKERS 3
@@ -44,17 +45,7 @@
 
 static tt_redis g_redis;
 
-/* One HTTP request made with evhttp's client API, and what came back. */
-typedef struct http_call {
-    struct evhttp_connection *conn;
-    bool used;
-    bool done;
-    int status; /* 0: no response (connection failed) */
-    struct evkeyvalq headers;
-    struct evbuffer *body;
-    char *text; /* the body, NUL-terminated, once done */
-    long long started, finished;
-} http_call;
+typedef tt_http_call http_call;
 
 /* An answer sent later by a timer (asynchronous handlers). */
 typedef struct deferred {
@@ -193,54 +184,12 @@ static void defer_answer(fx *f, tempest_job *job, json_t *a, bool more, int ms) 
 
 /* ---- HTTP client ---------------------------------------------------------- */
 
-static void on_http_chunk(struct evhttp_request *req, void *arg) {
-    http_call *c = arg;
-    evbuffer_add_buffer(c->body, evhttp_request_get_input_buffer(req));
-}
-
-static void on_http_done(struct evhttp_request *req, void *arg) {
-    http_call *c = arg;
-    c->done = true;
-    c->finished = tt_now_ms();
-    if (req == NULL)
-        return;
-    c->status = evhttp_request_get_response_code(req);
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next)
-        evhttp_add_header(&c->headers, kv->key, kv->value);
-    evbuffer_add_buffer(c->body, evhttp_request_get_input_buffer(req));
-    size_t len = evbuffer_get_length(c->body);
-    if ((c->text = malloc(len + 1)) != NULL) {
-        evbuffer_copyout(c->body, c->text, len);
-        c->text[len] = '\0';
-    }
-}
-
-/*
- * Starts a request on a connection of its own. `headers` is a NULL-ended
- * list of name, value pairs (may be NULL); `body` may be NULL.
- */
+/* Starts a request on a connection of its own (as tt_http_start). */
 static http_call *http_start(fx *f, enum evhttp_cmd_type cmd, const char *uri,
                              const char *const *headers, const char *body, size_t len) {
     assert_true(f->ncalls < NCALLS);
     http_call *c = &f->calls[f->ncalls++];
-    c->used = true;
-    TAILQ_INIT(&c->headers);
-    c->body = evbuffer_new();
-    c->conn = evhttp_connection_base_new(f->base, NULL, "127.0.0.1", (ev_uint16_t)f->port);
-    assert_non_null(c->body);
-    assert_non_null(c->conn);
-    struct evhttp_request *req = evhttp_request_new(on_http_done, c);
-    assert_non_null(req);
-    evhttp_request_set_chunked_cb(req, on_http_chunk);
-    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-    evhttp_add_header(out, "Host", "127.0.0.1");
-    for (size_t i = 0; headers && headers[i]; i += 2)
-        evhttp_add_header(out, headers[i], headers[i + 1]);
-    if (body)
-        evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
-    c->started = tt_now_ms();
-    assert_int_equal(evhttp_make_request(c->conn, req, cmd, uri), 0);
+    tt_http_start(c, f->base, f->port, cmd, uri, headers, body, len);
     return c;
 }
 
@@ -276,47 +225,16 @@ static const char *header(http_call *c, const char *name) {
     return evhttp_find_header(&c->headers, name);
 }
 
-static void http_call_free(http_call *c) {
-    if (!c->used)
-        return;
-    if (c->conn)
-        evhttp_connection_free(c->conn);
-    evhttp_clear_headers(&c->headers);
-    if (c->body)
-        evbuffer_free(c->body);
-    free(c->text);
-    memset(c, 0, sizeof *c);
-}
-
 /* ---- fixture -------------------------------------------------------------- */
 
-static int group_setup(void **state) {
-    (void)state;
-    return tt_redis_start(&g_redis, NULL);
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&g_redis);
-    return 0;
-}
-
 static int setup(void **state) {
-    fx *f = calloc(1, sizeof *f);
-    if (f == NULL)
-        return -1;
-    if (tt_redis_int(&g_redis, "FLUSHALL") != 0 || (f->base = event_base_new()) == NULL) {
-        free(f);
-        return -1;
-    }
-    *state = f;
-    return 0;
+    return tt_fixture_setup(state, sizeof(fx), &g_redis);
 }
 
 static int teardown(void **state) {
     fx *f = *state;
     for (size_t i = 0; i < NCALLS; i++)
-        http_call_free(&f->calls[i]);
+        tt_http_call_free(&f->calls[i]);
     if (f->ticker)
         event_free(f->ticker);
     for (int i = 0; i < NWORKERS; i++)
@@ -332,8 +250,7 @@ static int teardown(void **state) {
     for (int i = 0; i < NWORKERS; i++)
         tempest_node_free(f->wnodes[i]);
     tempest_node_free(f->node);
-    event_base_free(f->base);
-    free(f);
+    tt_fixture_free(f);
     return 0;
 }
 
@@ -898,5 +815,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_worker_started_later, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_restart, setup, teardown),
     };
-    return cmocka_run_group_tests_name("front", tests, group_setup, group_teardown);
+    tt_group_redis(&g_redis);
+    return cmocka_run_group_tests_name("front", tests, tt_group_setup, tt_group_teardown);
 }

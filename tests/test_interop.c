@@ -43,6 +43,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_http.h"
 
 #define WAIT_MS 5000
 #define MAX_CMDS 16
@@ -52,59 +53,10 @@ static tt_redis g_redis;
 
 /* ---- the HTTP client (evhttp, on the test's loop) ------------------------- */
 
-typedef struct http_call {
-    struct evhttp_connection *conn;
-    bool done;
-    int status;
-    struct evkeyvalq headers;
-    struct evbuffer *body;
-    char *text;
-} http_call;
-
-static void on_http_chunk(struct evhttp_request *req, void *arg) {
-    http_call *c = arg;
-    evbuffer_add_buffer(c->body, evhttp_request_get_input_buffer(req));
-}
-
-static void on_http_done(struct evhttp_request *req, void *arg) {
-    http_call *c = arg;
-    c->done = true;
-    if (req == NULL)
-        return;
-    c->status = evhttp_request_get_response_code(req);
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next)
-        evhttp_add_header(&c->headers, kv->key, kv->value);
-    evbuffer_add_buffer(c->body, evhttp_request_get_input_buffer(req));
-    size_t len = evbuffer_get_length(c->body);
-    if ((c->text = malloc(len + 1)) != NULL) {
-        evbuffer_copyout(c->body, c->text, len);
-        c->text[len] = '\0';
-    }
-}
+typedef tt_http_call http_call;
 
 static void http_start(http_call *c, struct event_base *base, int port, const char *uri) {
-    TAILQ_INIT(&c->headers);
-    c->body = evbuffer_new();
-    c->conn = evhttp_connection_base_new(base, NULL, "127.0.0.1", (ev_uint16_t)port);
-    assert_non_null(c->body);
-    assert_non_null(c->conn);
-    struct evhttp_request *req = evhttp_request_new(on_http_done, c);
-    assert_non_null(req);
-    evhttp_request_set_chunked_cb(req, on_http_chunk);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Host", "127.0.0.1");
-    assert_int_equal(evhttp_make_request(c->conn, req, EVHTTP_REQ_GET, uri), 0);
-}
-
-static void http_call_free(http_call *c) {
-    if (c->conn)
-        evhttp_connection_free(c->conn);
-    if (c->body) {
-        evhttp_clear_headers(&c->headers);
-        evbuffer_free(c->body);
-    }
-    free(c->text);
-    memset(c, 0, sizeof *c);
+    tt_http_start(c, base, port, EVHTTP_REQ_GET, uri, NULL, NULL, 0);
 }
 
 /* ---- a foreign worker: synchronous hiredis, as Ruby and Python do --------- */
@@ -369,29 +321,14 @@ static void on_log(int level, const char *message, void *arg) {
         fprintf(stderr, "  log: %s\n", message);
 }
 
-static int group_setup(void **state) {
-    (void)state;
-    return tt_redis_start(&g_redis, NULL);
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&g_redis);
-    return 0;
-}
-
 static int setup(void **state) {
-    fx *f = calloc(1, sizeof *f);
-    if (f == NULL)
+    if (tt_fixture_setup(state, sizeof(fx), &g_redis) != 0)
         return -1;
-    f->jobs = json_array();
-    if (tt_redis_int(&g_redis, "FLUSHALL") != 0 || (f->base = event_base_new()) == NULL ||
-        f->jobs == NULL) {
-        json_decref(f->jobs);
-        free(f);
+    fx *f = *state;
+    if ((f->jobs = json_array()) == NULL) {
+        tt_fixture_free(f);
         return -1;
     }
-    *state = f;
     return 0;
 }
 
@@ -401,7 +338,7 @@ static int teardown(void **state) {
         pthread_join(f->fw.thread, NULL);
     json_decref(f->fw.job);
     fake_listener_free(&f->fl);
-    http_call_free(&f->call);
+    tt_http_call_free(&f->call);
     tempest_worker_free(f->worker);
     tempest_front_free(f->front);
     tempest_node_free(f->node);
@@ -671,5 +608,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_c_worker_answers_foreign_front, setup, teardown),
         cmocka_unit_test_setup_teardown(test_c_worker_streams_to_foreign_front, setup, teardown),
     };
-    return cmocka_run_group_tests_name("interop", tests, group_setup, group_teardown);
+    tt_group_redis(&g_redis);
+    return cmocka_run_group_tests_name("interop", tests, tt_group_setup, tt_group_teardown);
 }

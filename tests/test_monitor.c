@@ -26,12 +26,9 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_node.h"
 
-typedef struct fixture {
-    tt_redis redis;
-    struct event_base *base;
-    tempest_node *node; /* reads the status; a producer */
-} fixture;
+typedef tt_node_fixture fixture; /* its node reads the status; a producer */
 
 static bool node_up(void *arg) {
     return tempest_node_state(arg) == TEMPEST_NODE_UP && tempest_node_id(arg) > 0;
@@ -47,25 +44,7 @@ static tempest_node *new_node(fixture *f, const char *ns, int heartbeat_ms) {
 }
 
 static int setup(void **state) {
-    static fixture f;
-    memset(&f, 0, sizeof f);
-    if (tt_redis_start(&f.redis, NULL) != 0)
-        return -1;
-    f.base = event_base_new();
-    tempest_node_options o = {.redis_url = f.redis.url, .heartbeat_ms = 50};
-    f.node = tempest_node_new(f.base, &o, NULL);
-    if (f.node == NULL || !tt_run_until(f.base, node_up, f.node, 3000))
-        return -1;
-    *state = &f;
-    return 0;
-}
-
-static int teardown(void **state) {
-    fixture *f = *state;
-    tempest_node_free(f->node);
-    event_base_free(f->base);
-    tt_redis_stop(&f->redis);
-    return 0;
+    return tt_node_setup(state, (tempest_node_options){.heartbeat_ms = 50}, node_up);
 }
 
 /* ---- reading the status ------------------------------------------------ */
@@ -375,5 +354,5 @@ int main(void) {
         cmocka_unit_test(test_sigkill_expires),       cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_freed_while_reading),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, tt_node_teardown);
 }

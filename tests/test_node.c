@@ -15,27 +15,12 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_node.h"
 
-typedef struct fixture {
-    tt_redis redis;
-    struct event_base *base;
-} fixture;
+typedef tt_node_fixture fixture; /* no node: the tests make theirs */
 
 static int setup(void **state) {
-    static fixture f;
-    memset(&f, 0, sizeof f);
-    if (tt_redis_start(&f.redis, NULL) != 0)
-        return -1;
-    f.base = event_base_new();
-    *state = &f;
-    return 0;
-}
-
-static int teardown(void **state) {
-    fixture *f = *state;
-    event_base_free(f->base);
-    tt_redis_stop(&f->redis);
-    return 0;
+    return tt_node_setup(state, (tempest_node_options){0}, NULL);
 }
 
 static bool node_up(void *arg) {
@@ -232,5 +217,5 @@ int main(void) {
         cmocka_unit_test(test_free_cancels_pending),
         cmocka_unit_test(test_free_inside_callback),
     };
-    return cmocka_run_group_tests_name("node", tests, setup, teardown);
+    return cmocka_run_group_tests_name("node", tests, setup, tt_node_teardown);
 }

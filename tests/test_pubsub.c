@@ -296,17 +296,6 @@ static void test_bad_arguments(void **state) {
     tempest_subscriber_free(NULL);
 }
 
-static int setup(void **state) {
-    (void)state;
-    return tt_redis_start(&redis, NULL);
-}
-
-static int teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&redis);
-    return 0;
-}
-
 int main(void) {
     tt_require_redis();
     const struct CMUnitTest tests[] = {
@@ -319,5 +308,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_free_in_callback, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_bad_arguments, each_setup, each_teardown),
     };
-    return cmocka_run_group_tests_name("pubsub", tests, setup, teardown);
+    tt_group_redis(&redis);
+    return cmocka_run_group_tests_name("pubsub", tests, tt_group_setup, tt_group_teardown);
 }

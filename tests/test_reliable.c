@@ -37,17 +37,6 @@ static bool node_up(void *arg) {
     return tempest_node_state(arg) == TEMPEST_NODE_UP;
 }
 
-static int setup(void **state) {
-    (void)state;
-    return tt_redis_start(&fx.redis, NULL);
-}
-
-static int teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&fx.redis);
-    return 0;
-}
-
 static int each_setup(void **state) {
     (void)state;
     fx.base = event_base_new();
@@ -478,5 +467,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_script_flush, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_options_checked, each_setup, each_teardown),
     };
-    return cmocka_run_group_tests_name("reliable", tests, setup, teardown);
+    tt_group_redis(&fx.redis);
+    return cmocka_run_group_tests_name("reliable", tests, tt_group_setup, tt_group_teardown);
 }

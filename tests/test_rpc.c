@@ -28,6 +28,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_node.h"
 #include "listener.h"
 #include "node.h"
 #include "redis.h"
@@ -120,11 +121,7 @@ static void test_deferred_orphan(void **state) {
 
 /* ---- fixture ----------------------------------------------------------- */
 
-typedef struct fixture {
-    tt_redis redis;
-    struct event_base *base;
-    tempest_node *node; /* the requesters' node */
-} fixture;
+typedef tt_node_fixture fixture; /* its node is the requesters' */
 
 static bool node_up(void *arg) {
     return tempest_node_state(arg) == TEMPEST_NODE_UP;
@@ -139,24 +136,7 @@ static tempest_node *new_node(fixture *f) {
 }
 
 static int setup(void **state) {
-    static fixture f;
-    memset(&f, 0, sizeof f);
-    if (tt_redis_start(&f.redis, NULL) != 0)
-        return -1;
-    f.base = event_base_new();
-    f.node = tempest_node_new(f.base, &(tempest_node_options){.redis_url = f.redis.url}, NULL);
-    if (f.node == NULL || !tt_run_until(f.base, node_up, f.node, 3000))
-        return -1;
-    *state = &f;
-    return 0;
-}
-
-static int teardown(void **state) {
-    fixture *f = *state;
-    tempest_node_free(f->node);
-    event_base_free(f->base);
-    tt_redis_stop(&f->redis);
-    return 0;
+    return tt_node_setup(state, (tempest_node_options){0}, node_up);
 }
 
 /* ---- responders -------------------------------------------------------- */
@@ -1003,5 +983,5 @@ int main(void) {
         cmocka_unit_test(test_registry_and_leave),
         cmocka_unit_test(test_leave_announcement_lost),
     };
-    return failed | cmocka_run_group_tests_name("rpc", tests, setup, teardown);
+    return failed | cmocka_run_group_tests_name("rpc", tests, setup, tt_node_teardown);
 }

@@ -34,6 +34,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_node.h"
 #include "listener.h"
 
 #define LIT(s) (s), (sizeof(s) - 1)
@@ -250,27 +251,10 @@ static void on_log(int level, const char *message, void *arg) {
         lb->len += (size_t)n;
 }
 
-typedef struct fixture {
-    tt_redis redis;
-    struct event_base *base;
-} fixture;
-
-static fixture g_fix;
+typedef tt_node_fixture fixture; /* no node: the tests make theirs */
 
 static int group_setup(void **state) {
-    memset(&g_fix, 0, sizeof g_fix);
-    if (tt_redis_start(&g_fix.redis, NULL) != 0)
-        return -1;
-    g_fix.base = event_base_new();
-    *state = &g_fix;
-    return g_fix.base != NULL ? 0 : -1;
-}
-
-static int group_teardown(void **state) {
-    fixture *f = *state;
-    event_base_free(f->base);
-    tt_redis_stop(&f->redis);
-    return 0;
+    return tt_node_setup(state, (tempest_node_options){0}, NULL);
 }
 
 static bool node_up(void *arg) {
@@ -948,5 +932,5 @@ int main(void) {
         cmocka_unit_test(test_requirepass),
         cmocka_unit_test(test_acl_user),
     };
-    return cmocka_run_group_tests_name("security", tests, group_setup, group_teardown);
+    return cmocka_run_group_tests_name("security", tests, group_setup, tt_node_teardown);
 }

@@ -430,31 +430,16 @@ static void publish(fx *f, const char *channel, const char *event, const char *d
 /* ---- fixture -------------------------------------------------------------- */
 
 static int group_setup(void **state) {
-    (void)state;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    return tt_redis_start(&g_redis, NULL);
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&g_redis);
-    return 0;
+    return tt_group_setup(state);
 }
 
 static int setup(void **state) {
-    fx *f = calloc(1, sizeof *f);
-    if (f == NULL)
-        return -1;
-    if (tt_redis_int(&g_redis, "FLUSHALL") != 0 || (f->base = event_base_new()) == NULL) {
-        free(f);
-        return -1;
-    }
-    *state = f;
-    return 0;
+    return tt_fixture_setup(state, sizeof(fx), &g_redis);
 }
 
 static int teardown(void **state) {
@@ -462,8 +447,7 @@ static int teardown(void **state) {
     tempest_publisher_free(f->pub);
     tempest_front_free(f->front);
     tempest_node_free(f->node);
-    event_base_free(f->base);
-    free(f);
+    tt_fixture_free(f);
     return 0;
 }
 
@@ -1260,5 +1244,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_interrupted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_allocation_failures, setup, teardown),
     };
-    return cmocka_run_group_tests_name("sse", tests, group_setup, group_teardown);
+    tt_group_redis(&g_redis);
+    return cmocka_run_group_tests_name("sse", tests, group_setup, tt_group_teardown);
 }

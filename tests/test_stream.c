@@ -259,26 +259,8 @@ static bool node_up(void *arg) {
     return tempest_node_state(arg) == TEMPEST_NODE_UP;
 }
 
-static int group_setup(void **state) {
-    (void)state;
-    return tt_redis_start(&g_redis, NULL);
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&g_redis);
-    return 0;
-}
-
 static int setup(void **state) {
-    fx *f = calloc(1, sizeof *f);
-    if (f == NULL || tt_redis_int(&g_redis, "FLUSHALL") != 0 ||
-        (f->base = event_base_new()) == NULL) {
-        free(f);
-        return -1;
-    }
-    *state = f;
-    return 0;
+    return tt_fixture_setup(state, sizeof(fx), &g_redis);
 }
 
 static int teardown(void **state) {
@@ -970,5 +952,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_progress_keeps_alive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_progress_times_out, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    tt_group_redis(&g_redis);
+    return cmocka_run_group_tests(tests, tt_group_setup, tt_group_teardown);
 }
