@@ -13,13 +13,19 @@
  */
 #include "harness.h"
 
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -328,13 +334,17 @@ static void tt_close_inherited(void) {
         close((int)fd);
 }
 
-/* In the child, between fork and exec: only async-signal-safe calls. */
-static void tt_child(const char *exe, const char **argv, pid_t parent) {
+void tt_child_prepare(pid_t parent) {
     sigset_t none;
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1 || getppid() != parent)
         _exit(127); /* the test already died */
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+/* In the child, between fork and exec: only async-signal-safe calls. */
+static void tt_child(const char *exe, const char **argv, pid_t parent) {
+    tt_child_prepare(parent);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
@@ -801,6 +811,17 @@ done:
     return run.done || cond(arg);
 }
 
+void tt_log_append(char *buf, size_t size, size_t *len, int level, const char *message) {
+    int n = snprintf(buf + *len, size - *len, "%d %s\n", level, message);
+    if (n > 0 && *len + (size_t)n < size)
+        *len += (size_t)n;
+}
+
+bool tt_count_reached(void *arg) {
+    const tt_count *c = arg;
+    return *c->count >= c->n;
+}
+
 static bool tt_never(void *arg) {
     (void)arg;
     return false;
@@ -842,6 +863,60 @@ int tt_cluster_add_replica(tt_redis *replica, const tt_redis *master) {
     fprintf(stderr, "harness: the replica of port %d did not sync\n", master->port);
     tt_redis_stop(replica);
     return -1;
+}
+
+/* ---- redis-cli ------------------------------------------------------------- */
+
+pid_t tt_fork_piped(void (*run)(const char *url, int wfd), const char *url, int *rfd) {
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        run(url, fds[1]);
+    close(fds[1]);
+    *rfd = fds[0];
+    return pid;
+}
+
+bool tt_have_redis_cli(void) {
+    return system("command -v redis-cli >/dev/null 2>&1") == 0;
+}
+
+typedef struct tt_cli_child {
+    pid_t pid;
+    int status;
+} tt_cli_child;
+
+static bool tt_child_exited(void *arg) {
+    tt_cli_child *c = arg;
+    return waitpid(c->pid, &c->status, WNOHANG) == c->pid;
+}
+
+char *tt_redis_cli(struct event_base *base, int port, const char *const *args) {
+    int fds[2];
+    char p[16];
+    const char *argv[16] = {"redis-cli", "-h", "127.0.0.1", "-p", p};
+    int argc = 5;
+    snprintf(p, sizeof p, "%d", port);
+    for (; *args != NULL && argc < 15; args++)
+        argv[argc++] = *args;
+    assert_int_equal(pipe(fds), 0);
+    tt_cli_child ch = {.pid = fork()};
+    assert_true(ch.pid >= 0);
+    if (ch.pid == 0) {
+        dup2(fds[1], 1);
+        dup2(fds[1], 2);
+        close(fds[0]);
+        execvp("redis-cli", (char *const *)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    assert_true(tt_run_until(base, tt_child_exited, &ch, 10000));
+    char *text = calloc(1, 4096);
+    assert_true(read(fds[0], text, 4095) >= 0);
+    close(fds[0]);
+    return text;
 }
 
 json_t *tt_json_named(json_t *obj, const char *list, const char *key, const char *name) {

@@ -107,6 +107,32 @@ long long tt_redis_int(const tt_redis *r, const char *fmt, ...);
  */
 json_t *tt_json_named(json_t *obj, const char *list, const char *key, const char *name);
 
+/**
+ * In a child between fork and exec (async-signal-safe): has the kernel
+ * SIGKILL it when `parent` (the test) dies, _exit(127)s when the test died
+ * already, and unblocks every signal.
+ */
+void tt_child_prepare(pid_t parent);
+
+/**
+ * Forks a child that runs `run(url, wfd)`, which must not return (it ends
+ * with _exit), `wfd` the write end of a pipe whose read end goes to `*rfd`
+ * (the parent's copy of the write end is closed). Asserts (cmocka) that
+ * the pipe and the fork worked; returns the child's pid.
+ */
+pid_t tt_fork_piped(void (*run)(const char *url, int wfd), const char *url, int *rfd);
+
+/** True when redis-cli is in PATH. */
+bool tt_have_redis_cli(void);
+
+/**
+ * Runs `redis-cli -h 127.0.0.1 -p <port>` with the NULL-ended `args` (at
+ * most 10), running `base` until it exits (cmocka asserts: at most 10 s),
+ * and returns what it wrote to stdout and stderr (malloc'd, at most 4095
+ * bytes; free it).
+ */
+char *tt_redis_cli(struct event_base *base, int port, const char *const *args);
+
 /** Returns a free TCP port on 127.0.0.1 (bind to port 0, read, close). */
 int tt_free_port(void);
 
@@ -115,6 +141,20 @@ int tt_free_port(void);
  * condition at least every 5 ms. Returns true when the condition holds.
  */
 bool tt_run_until(struct event_base *base, bool (*cond)(void *), void *arg, int timeout_ms);
+
+/**
+ * Appends "<level> <message>\n" to the log text in `buf` (`size` bytes,
+ * `*len` used) when it fits: the body of the tests' log callbacks.
+ */
+void tt_log_append(char *buf, size_t size, size_t *len, int level, const char *message);
+
+/** A tt_run_until condition (tt_count_reached): `*count` has reached `n`. */
+typedef struct tt_count {
+    const int *count;
+    int n;
+} tt_count;
+
+bool tt_count_reached(void *arg);
 
 /** Runs `base` for `ms` milliseconds. */
 void tt_run_for(struct event_base *base, int ms);

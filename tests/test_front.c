@@ -35,6 +35,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_node.h"
 #include "tt_http.h"
 
 #define WAIT_MS 5000
@@ -83,9 +84,7 @@ typedef struct fx {
 
 static void on_log(int level, const char *message, void *arg) {
     fx *f = arg;
-    int n = snprintf(f->log + f->loglen, sizeof f->log - f->loglen, "%d %s\n", level, message);
-    if (n > 0 && f->loglen + (size_t)n < sizeof f->log)
-        f->loglen += (size_t)n;
+    tt_log_append(f->log, sizeof f->log, &f->loglen, level, message);
     if (level >= TEMPEST_LOG_WARN)
         fprintf(stderr, "  log: %s\n", message);
 }
@@ -100,39 +99,25 @@ static void callback_error(fx *f, const char *what) {
 }
 
 static tempest_node_options node_opts(fx *f, const char *url) {
-    return (tempest_node_options){.redis_url = url,
-                                  .connect_timeout_ms = 1000,
-                                  .reconnect_min_ms = 20,
-                                  .reconnect_max_ms = 200,
-                                  .log = on_log,
-                                  .log_arg = f,
-                                  .log_level = TEMPEST_LOG_DEBUG};
-}
-
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP;
-}
-
-static bool node_not_up(void *arg) {
-    return tempest_node_state(arg) != TEMPEST_NODE_UP;
+    return tt_node_options(url, on_log, f, TEMPEST_LOG_DEBUG);
 }
 
 static bool all_nodes_up(void *arg) {
     fx *f = arg;
-    if (!node_up(f->node))
+    if (!tt_node_up(f->node))
         return false;
     for (int i = 0; i < NWORKERS; i++)
-        if (f->wnodes[i] && !node_up(f->wnodes[i]))
+        if (f->wnodes[i] && !tt_node_up(f->wnodes[i]))
             return false;
     return true;
 }
 
 static bool all_nodes_down(void *arg) {
     fx *f = arg;
-    if (!node_not_up(f->node))
+    if (!tt_node_not_up(f->node))
         return false;
     for (int i = 0; i < NWORKERS; i++)
-        if (f->wnodes[i] && !node_not_up(f->wnodes[i]))
+        if (f->wnodes[i] && !tt_node_not_up(f->wnodes[i]))
             return false;
     return true;
 }
@@ -261,17 +246,11 @@ static void start_front_on(fx *f, const char *redis_url, const tempest_front_opt
     tempest_node_options no = node_opts(f, redis_url);
     f->node = tempest_node_new(f->base, &no, &err);
     assert_non_null(f->node);
-    tempest_front_options fo = options ? *options : (tempest_front_options){0};
-    fo.http = "127.0.0.1:0";
-    f->front = tempest_front_new(f->node, &fo, &err);
-    if (f->front == NULL)
-        fprintf(stderr, "tempest_front_new: %s\n", err.message);
-    assert_non_null(f->front);
-    f->port = tempest_front_port(f->front);
+    f->front = tt_front_new(f->node, options, &f->port);
     assert_true(f->port > 0 && f->port < 65536);
     assert_int_equal(tempest_front_pending(f->front), 0);
     if (wait_up)
-        assert_true(tt_run_until(f->base, node_up, f->node, WAIT_MS));
+        assert_true(tt_run_until(f->base, tt_node_up, f->node, WAIT_MS));
 }
 
 static void start_front(fx *f, const tempest_front_options *options) {
@@ -289,7 +268,7 @@ static void add_worker(fx *f, int i, const char *action, tempest_handler_fn *fn,
     assert_non_null(f->workers[i]);
     assert_int_equal(tempest_worker_on(f->workers[i], action, fn, f), 0);
     assert_int_equal(tempest_worker_start(f->workers[i]), 0);
-    assert_true(tt_run_until(f->base, node_up, f->wnodes[i], WAIT_MS));
+    assert_true(tt_run_until(f->base, tt_node_up, f->wnodes[i], WAIT_MS));
 }
 
 static void check_idle(fx *f) {
@@ -549,7 +528,7 @@ static void test_redis_unreachable_503(void **state) {
     char url[64];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", tt_free_port());
     start_front_on(f, url, NULL, false);
-    assert_true(tt_run_until(f->base, node_not_up, f->node, WAIT_MS));
+    assert_true(tt_run_until(f->base, tt_node_not_up, f->node, WAIT_MS));
     for (int i = 0; i < 3; i++) {
         http_call *c = http_get(f, "/down");
         assert_int_equal(c->status, 503);

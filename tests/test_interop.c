@@ -43,6 +43,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_node.h"
 #include "tt_http.h"
 
 #define WAIT_MS 5000
@@ -348,17 +349,13 @@ static int teardown(void **state) {
     return 0;
 }
 
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP;
-}
-
 static void start_node(fx *f) {
     tempest_error err = {0};
     tempest_node_options no = {
         .redis_url = g_redis.url, .reconnect_max_ms = 200, .log = on_log, .log_arg = f};
     f->node = tempest_node_new(f->base, &no, &err);
     assert_non_null(f->node);
-    assert_true(tt_run_until(f->base, node_up, f->node, WAIT_MS));
+    assert_true(tt_run_until(f->base, tt_node_up, f->node, WAIT_MS));
 }
 
 /* Worker handler: records the job, then answers as the job's url says. */
@@ -436,19 +433,23 @@ static bool call_done(void *arg) {
     return ((http_call *)arg)->done;
 }
 
+/* The C front on its node, and the foreign worker's thread started. */
+static void start_front_and_foreign_worker(fx *f) {
+    tempest_error err = {0};
+    start_node(f);
+    f->front = tempest_front_new(f->node, &(tempest_front_options){.http = "127.0.0.1:0"}, &err);
+    assert_non_null(f->front);
+    f->fw.redis_port = g_redis.port;
+    assert_int_equal(pthread_create(&f->fw.thread, NULL, foreign_worker_main, &f->fw), 0);
+    f->fw.started = true;
+}
+
 /* ---- tests ---------------------------------------------------------------- */
 
 /* (a) A C front answered by a foreign worker. */
 static void test_foreign_worker_answers_c_front(void **state) {
     fx *f = *state;
-    tempest_error err = {0};
-    start_node(f);
-    f->front = tempest_front_new(f->node, &(tempest_front_options){.http = "127.0.0.1:0"}, &err);
-    assert_non_null(f->front);
-
-    f->fw.redis_port = g_redis.port;
-    assert_int_equal(pthread_create(&f->fw.thread, NULL, foreign_worker_main, &f->fw), 0);
-    f->fw.started = true;
+    start_front_and_foreign_worker(f);
     http_start(&f->call, f->base, tempest_front_port(f->front), "/from/c?q=1");
     assert_true(tt_run_until(f->base, call_done, &f->call, WAIT_MS * 2));
     assert_true(tt_run_until(f->base, fw_finished, &f->fw, WAIT_MS));
@@ -490,13 +491,7 @@ static bool handled_two(void *arg) {
  * once instead of waiting for the timeout. */
 static void test_foreign_worker_bad_answer(void **state) {
     fx *f = *state;
-    tempest_error err = {0};
-    start_node(f);
-    f->front = tempest_front_new(f->node, &(tempest_front_options){.http = "127.0.0.1:0"}, &err);
-    assert_non_null(f->front);
-    f->fw.redis_port = g_redis.port;
-    assert_int_equal(pthread_create(&f->fw.thread, NULL, foreign_worker_main, &f->fw), 0);
-    f->fw.started = true;
+    start_front_and_foreign_worker(f);
     long long t0 = tt_now_ms();
     http_start(&f->call, f->base, tempest_front_port(f->front), "/badjson");
     assert_true(tt_run_until(f->base, call_done, &f->call, WAIT_MS * 2));

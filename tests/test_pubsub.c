@@ -67,16 +67,6 @@ static void record(tempest_subscriber *sub, int what, const char *channel, const
     s->n++;
 }
 
-typedef struct want {
-    seen *s;
-    int n;
-} want;
-
-static bool has(void *arg) {
-    want *w = arg;
-    return w->s->n >= w->n;
-}
-
 static bool subscribed(void *arg) {
     return tempest_node_subscriptions(node) == (size_t)(intptr_t)arg;
 }
@@ -140,8 +130,8 @@ static void test_message_forms(void **state) {
     assert_int_equal(tt_redis_int(&redis, "PUBLISH news %s", "[1,2,3]"), 1); /* malformed */
     assert_int_equal(tt_redis_int(&redis, "PUBLISH news %s", "not json"), 1);
     assert_int_equal(tempest_publish_end(pub, "news", NULL, NULL), 0);
-    want five = {&s, 5};
-    assert_true(tt_run_until(base, has, &five, 2000));
+    tt_count five = {&s.n, 5};
+    assert_true(tt_run_until(base, tt_count_reached, &five, 2000));
     assert_int_equal(s.what[0], TEMPEST_SUB_MESSAGE);
     assert_string_equal(s.channel[0], "news");
     assert_string_equal(s.event[0], "");
@@ -176,8 +166,8 @@ static void test_many_local_one_redis(void **state) {
     assert_true(tt_run_until(base, published, &r, 2000));
     assert_int_equal(r.status, 0);
     assert_int_equal(r.receivers, 1); /* one Redis client: the node's */
-    want last = {&s[N - 1], 1};
-    assert_true(tt_run_until(base, has, &last, 2000));
+    tt_count last = {&s[N - 1].n, 1};
+    assert_true(tt_run_until(base, tt_count_reached, &last, 2000));
     for (int i = 0; i < N; i++)
         assert_int_equal(s[i].n, 1);
     for (int i = 0; i < N - 1; i++)
@@ -200,8 +190,8 @@ static void test_patterns(void **state) {
     assert_int_equal(tempest_subscribe(sub, "room.*", true), 0);
     assert_true(tt_run_until(base, subscribed, (void *)1, 2000));
     assert_int_equal(tt_redis_int(&redis, "PUBLISH room.42 %s", "[\"x\"]"), 1);
-    want one = {&s, 1};
-    assert_true(tt_run_until(base, has, &one, 2000));
+    tt_count one = {&s.n, 1};
+    assert_true(tt_run_until(base, tt_count_reached, &one, 2000));
     assert_string_equal(s.channel[0], "room.42");
     assert_string_equal(s.data[0], "x");
     tempest_subscriber_free(sub);
@@ -233,13 +223,13 @@ static void test_interrupted_and_resubscribed(void **state) {
     assert_true(tt_run_until(base, subscribed, (void *)0, 3000));
     assert_int_equal(tt_redis_restart(&redis, NULL), 0);
     assert_true(tt_run_until(base, subscribed, (void *)2, 5000));
-    want one = {&s, 1};
-    assert_true(tt_run_until(base, has, &one, 2000));
+    tt_count one = {&s.n, 1};
+    assert_true(tt_run_until(base, tt_count_reached, &one, 2000));
     assert_int_equal(s.n, 1); /* once, though it has two channels */
     assert_int_equal(s.what[0], TEMPEST_SUB_INTERRUPTED);
     assert_int_equal(tt_redis_int(&redis, "PUBLISH b %s", "[\"after\"]"), 1);
-    want two = {&s, 2};
-    assert_true(tt_run_until(base, has, &two, 2000));
+    tt_count two = {&s.n, 2};
+    assert_true(tt_run_until(base, tt_count_reached, &two, 2000));
     assert_string_equal(s.data[1], "after");
     tempest_subscriber_free(sub);
 }

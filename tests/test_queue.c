@@ -23,12 +23,8 @@
 
 typedef tt_node_fixture fixture;
 
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP;
-}
-
 static int setup(void **state) {
-    return tt_node_setup(state, (tempest_node_options){0}, node_up);
+    return tt_node_setup(state, (tempest_node_options){0}, tt_node_up);
 }
 
 /* Records every callback of a producer. */

@@ -246,19 +246,13 @@ typedef struct logbuf {
 
 static void on_log(int level, const char *message, void *arg) {
     logbuf *lb = arg;
-    int n = snprintf(lb->text + lb->len, sizeof lb->text - lb->len, "%d %s\n", level, message);
-    if (n > 0 && lb->len + (size_t)n < sizeof lb->text)
-        lb->len += (size_t)n;
+    tt_log_append(lb->text, sizeof lb->text, &lb->len, level, message);
 }
 
 typedef tt_node_fixture fixture; /* no node: the tests make theirs */
 
 static int group_setup(void **state) {
     return tt_node_setup(state, (tempest_node_options){0}, NULL);
-}
-
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP && tempest_node_id(arg) > 0;
 }
 
 /* A node that is up; `secret` as the option (NULL: environment). */
@@ -275,7 +269,7 @@ static tempest_node *up_node(struct event_base *base, const char *url, const cha
     if (node == NULL)
         print_error("tempest_node_new: %s\n", err.message);
     assert_non_null(node);
-    if (!tt_run_until(base, node_up, node, 5000)) {
+    if (!tt_run_until(base, tt_node_up_with_id, node, 5000)) {
         print_error("node not up: %s\n%s", tempest_node_errstr(node), lb ? lb->text : "");
         fail();
     }

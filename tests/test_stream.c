@@ -40,6 +40,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_node.h"
 
 #define WAIT_MS 10000
 #define CHUNK ((size_t)64 << 10)
@@ -248,15 +249,7 @@ static void on_log(int level, const char *message, void *arg) {
 }
 
 static tempest_node_options node_opts(void) {
-    return (tempest_node_options){.redis_url = g_redis.url,
-                                  .connect_timeout_ms = 1000,
-                                  .reconnect_min_ms = 20,
-                                  .reconnect_max_ms = 200,
-                                  .log = on_log};
-}
-
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP;
+    return tt_node_options(g_redis.url, on_log, NULL, TEMPEST_LOG_DEBUG);
 }
 
 static int setup(void **state) {
@@ -285,7 +278,7 @@ static tempest_node *new_node(fx *f) {
     tempest_node_options no = node_opts();
     tempest_node *n = tempest_node_new(f->base, &no, &err);
     assert_non_null(n);
-    assert_true(tt_run_until(f->base, node_up, n, WAIT_MS));
+    assert_true(tt_run_until(f->base, tt_node_up, n, WAIT_MS));
     return n;
 }
 
