@@ -822,6 +822,14 @@ bool tt_count_reached(void *arg) {
     return *c->count >= c->n;
 }
 
+bool tt_every(long long *next, int ms) {
+    long long now = tt_now_ms();
+    if (now < *next)
+        return false;
+    *next = now + ms;
+    return true;
+}
+
 static bool tt_never(void *arg) {
     (void)arg;
     return false;
@@ -863,6 +871,35 @@ int tt_cluster_add_replica(tt_redis *replica, const tt_redis *master) {
     fprintf(stderr, "harness: the replica of port %d did not sync\n", master->port);
     tt_redis_stop(replica);
     return -1;
+}
+
+struct redisReply *tt_redis_command(const tt_redis *r, const char *fmt, ...) {
+    redisContext *c = redisConnect("127.0.0.1", r->port);
+    assert_non_null(c);
+    assert_int_equal(c->err, 0);
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *reply = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    redisFree(c);
+    assert_non_null(reply);
+    return reply;
+}
+
+long long tt_redis_numsub(const tt_redis *r, const char *channel) {
+    redisContext *c = redisConnect("127.0.0.1", r->port);
+    redisReply *reply = c && !c->err ? redisCommand(c, "PUBSUB NUMSUB %s", channel) : NULL;
+    long long n = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
+                      ? reply->element[1]->integer
+                      : -1;
+    freeReplyObject(reply);
+    redisFree(c);
+    return n;
+}
+
+bool tt_numsub_is(void *arg) {
+    const tt_numsub *w = arg;
+    return tt_redis_numsub(w->r, w->channel) == w->n;
 }
 
 /* ---- redis-cli ------------------------------------------------------------- */

@@ -13,6 +13,7 @@
 #include <jansson.h>
 
 struct event_base;
+struct redisReply;
 
 typedef struct tt_redis {
     pid_t pid;     /* 0 when not running */
@@ -101,6 +102,26 @@ void tt_fixture_free(void *fixture);
 long long tt_redis_int(const tt_redis *r, const char *fmt, ...);
 
 /**
+ * Runs a synchronous command on the server and returns its reply (free it
+ * with freeReplyObject). Asserts (cmocka) that the connection came up and
+ * that a reply came.
+ */
+struct redisReply *tt_redis_command(const tt_redis *r, const char *fmt, ...);
+
+/** PUBSUB NUMSUB of `channel` on the server: its subscribers, or -1. */
+long long tt_redis_numsub(const tt_redis *r, const char *channel);
+
+/** A tt_run_until condition (tt_numsub_is): the server reports `n`
+ *  subscribers of `channel` (a SUBSCRIBE or UNSUBSCRIBE was processed). */
+typedef struct tt_numsub {
+    const tt_redis *r;
+    const char *channel;
+    long long n;
+} tt_numsub;
+
+bool tt_numsub_is(void *arg);
+
+/**
  * The first object of the array `obj[list]` whose string member `key` is
  * `name` (borrowed), or NULL: finds a queue or a service in a monitor
  * snapshot.
@@ -155,6 +176,10 @@ typedef struct tt_count {
 } tt_count;
 
 bool tt_count_reached(void *arg);
+
+/** For conditions costly to check (a Redis round trip each): true at most
+ *  once every `ms`; `*next` (0 at first) holds when it may be next. */
+bool tt_every(long long *next, int ms);
 
 /** Runs `base` for `ms` milliseconds. */
 void tt_run_for(struct event_base *base, int ms);

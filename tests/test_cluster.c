@@ -641,9 +641,8 @@ static int owner_after(fixture *f, const tt_redis *promoted, int slot) {
 static bool promoted(void *arg) {
     failover *fo = arg;
     fill(fo->l);
-    if (tt_now_ms() < fo->next_check)
+    if (!tt_every(&fo->next_check, 50))
         return false;
-    fo->next_check = tt_now_ms() + 50;
     redisReply *r = cmd(fo->replica, "ROLE");
     bool master = r && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
                   r->element[0]->type == REDIS_REPLY_STRING &&

@@ -513,9 +513,8 @@ static bool load_reached(void *arg) {
     load *l = &u->f->load;
     if (l->answered >= u->answered || l->answered == l->total)
         return true;
-    if (tt_now_ms() < u->next_check || tempest_node_state(u->f->node) != TEMPEST_NODE_UP)
+    if (tempest_node_state(u->f->node) != TEMPEST_NODE_UP || !tt_every(&u->next_check, 100))
         return false;
-    u->next_check = tt_now_ms() + 100;
     u->dead = tt_redis_int(&u->f->redis, "LLEN {%s}:dead", l->queue);
     load_fill(u->f); /* sends what failed while Redis was down */
     return l->answered + u->dead >= l->total;
@@ -571,9 +570,8 @@ typedef struct settled {
 /* The queue and every processing list are empty (checked every 100 ms). */
 static bool queue_settled(void *arg) {
     settled *s = arg;
-    if (tt_now_ms() < s->next_check)
+    if (!tt_every(&s->next_check, 100))
         return false;
-    s->next_check = tt_now_ms() + 100;
     return tt_redis_int(&s->f->redis, "LLEN %s", s->queue) == 0 &&
            processing_jobs(s->f, s->queue, NULL, 0) == 0;
 }
@@ -845,9 +843,8 @@ typedef struct job_state {
 /* Delivered once, and no longer in the worker's processing list. */
 static bool answered_and_acked(void *arg) {
     job_state *js = arg;
-    if (tt_now_ms() < js->next_check)
+    if (!tt_every(&js->next_check, 10))
         return false;
-    js->next_check = tt_now_ms() + 10;
     return tt_redis_int(&js->f->redis, "HGET deliveries 42") == 1 &&
            tt_redis_int(&js->f->redis, "LLEN %s", js->processing) == 0;
 }
@@ -1211,9 +1208,8 @@ static void match_letter(bad_job *bad, size_t n, const char *letter, size_t len)
 
 static bool dead_reached(void *arg) {
     until *u = arg;
-    if (tt_now_ms() < u->next_check)
+    if (!tt_every(&u->next_check, 50))
         return false;
-    u->next_check = tt_now_ms() + 50;
     return tt_redis_int(&u->f->redis, "LLEN {dq}:dead") >= u->answered;
 }
 

@@ -71,16 +71,6 @@ static bool subscribed(void *arg) {
     return tempest_node_subscriptions(node) == (size_t)(intptr_t)arg;
 }
 
-static long long numsub(const char *channel) {
-    redisContext *c = redisConnect("127.0.0.1", redis.port);
-    redisReply *r = c ? redisCommand(c, "PUBSUB NUMSUB %s", channel) : NULL;
-    long long n =
-        r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 ? r->element[1]->integer : -1;
-    freeReplyObject(r);
-    redisFree(c);
-    return n;
-}
-
 typedef struct pubres {
     int calls, status;
     long long receivers;
@@ -99,20 +89,6 @@ static void on_published(tempest_publisher *pub, int status, long long receivers
 
 static bool published(void *arg) {
     return ((pubres *)arg)->calls > 0;
-}
-
-static long long numsub(const char *channel);
-
-/* Redis itself reports `n` subscribers of the channel: the SUBSCRIBE or
- * UNSUBSCRIBE the node sent has been processed. */
-typedef struct want_numsub {
-    const char *channel;
-    long long n;
-} want_numsub;
-
-static bool numsub_is(void *arg) {
-    want_numsub *w = arg;
-    return numsub(w->channel) == w->n;
 }
 
 static void test_message_forms(void **state) {
@@ -158,8 +134,8 @@ static void test_many_local_one_redis(void **state) {
         assert_int_equal(tempest_subscribe(subs[i], "crowd", false), 0); /* idempotent */
     }
     assert_true(tt_run_until(base, subscribed, (void *)1, 2000));
-    want_numsub one = {"crowd", 1}, none = {"crowd", 0};
-    assert_true(tt_run_until(base, numsub_is, &one, 2000));
+    tt_numsub one = {&redis, "crowd", 1}, none = {&redis, "crowd", 0};
+    assert_true(tt_run_until(base, tt_numsub_is, &one, 2000));
     tempest_publisher *pub = tempest_publisher_new(node, NULL, NULL);
     pubres r = {0};
     assert_int_equal(tempest_publish(pub, "crowd", NULL, "hi", on_published, &r), 0);
@@ -173,11 +149,12 @@ static void test_many_local_one_redis(void **state) {
     for (int i = 0; i < N - 1; i++)
         assert_int_equal(tempest_unsubscribe(subs[i], "crowd", false), 0);
     tt_run_for(base, 50);
-    assert_int_equal(numsub("crowd"), 1); /* one local subscriber left: no UNSUBSCRIBE */
+    assert_int_equal(tt_redis_numsub(&redis, "crowd"),
+                     1); /* one local subscriber left: no UNSUBSCRIBE */
     assert_int_equal(tempest_unsubscribe(subs[N - 1], "crowd", false), 0);
     assert_int_equal(tempest_unsubscribe(subs[N - 1], "crowd", false), TEMPEST_EINVAL);
     assert_true(tt_run_until(base, subscribed, (void *)0, 2000));
-    assert_true(tt_run_until(base, numsub_is, &none, 2000));
+    assert_true(tt_run_until(base, tt_numsub_is, &none, 2000));
     for (int i = 0; i < N; i++)
         tempest_subscriber_free(subs[i]);
     tempest_publisher_free(pub);

@@ -261,9 +261,8 @@ typedef struct wait_promotion {
 
 static bool promoted(void *arg) {
     wait_promotion *p = arg;
-    if (tt_now_ms() < p->next)
+    if (!tt_every(&p->next, 100))
         return false;
-    p->next = tt_now_ms() + 100;
     p->port = sentinel_master_port(&p->f->sentinels[0]);
     return p->port == p->f->replica.port;
 }

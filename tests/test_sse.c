@@ -92,41 +92,16 @@ static void on_log(int level, const char *message, void *arg) {
         fprintf(stderr, "  log: %s\n", message);
 }
 
-static long long numsub(const char *channel) {
-    redisContext *c = redisConnect("127.0.0.1", g_redis.port);
-    redisReply *r = c && !c->err ? redisCommand(c, "PUBSUB NUMSUB %s", channel) : NULL;
-    long long n =
-        r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 ? r->element[1]->integer : -1;
-    freeReplyObject(r);
-    redisFree(c);
-    return n;
-}
-
-typedef struct numsub_want {
-    const char *channel;
-    long long n;
-} numsub_want;
-
-static bool numsub_is(void *arg) {
-    numsub_want *w = arg;
-    return numsub(w->channel) == w->n;
-}
-
 static void wait_numsub(fx *f, const char *channel, long long n) {
-    numsub_want w = {channel, n};
-    assert_true(tt_run_until(f->base, numsub_is, &w, WAIT_MS));
+    tt_numsub w = {&g_redis, channel, n};
+    assert_true(tt_run_until(f->base, tt_numsub_is, &w, WAIT_MS));
 }
 
 /* A plain PUBLISH, as redis-cli or any other Redis client sends it. */
 static void plain_publish(const char *channel, const char *payload) {
-    redisContext *c = redisConnect("127.0.0.1", g_redis.port);
-    assert_non_null(c);
-    assert_int_equal(c->err, 0);
-    redisReply *r = redisCommand(c, "PUBLISH %s %s", channel, payload);
-    assert_non_null(r);
+    redisReply *r = tt_redis_command(&g_redis, "PUBLISH %s %s", channel, payload);
     assert_int_equal(r->type, REDIS_REPLY_INTEGER);
     freeReplyObject(r);
-    redisFree(c);
 }
 
 static bool streams_are(fx *f, size_t n) {
@@ -599,7 +574,7 @@ static void test_thousand_clients(void **state) {
         assert_int_equal(m->c[i]->events, MANY_MESSAGES);
         assert_string_equal(m->c[i]->body, want);
     }
-    assert_int_equal(numsub("crowd"), 1);
+    assert_int_equal(tt_redis_numsub(&g_redis, "crowd"), 1);
 
     for (int i = 0; i < MANY; i++)
         client_shut(m->c[i]);
@@ -627,7 +602,7 @@ static void test_leave_one_channel(void **state) {
     client_shut(b);
     assert_true(tt_run_until(f->base, no_streams, f, 200) == false);
     assert_int_equal(tempest_front_streams(f->front), 1);
-    assert_int_equal(numsub("two"), 1);
+    assert_int_equal(tt_redis_numsub(&g_redis, "two"), 1);
     publish(f, "two", NULL, "still here");
     wait_events(f, b2, 1);
     assert_string_equal(b2->rec[0], "||still here");
