@@ -4,14 +4,16 @@
  * tests. Each server runs on 127.0.0.1 and a free port (never 6379) with
  * persistence off, in its own mkdtemp directory, started with fork/exec (no
  * shell) and stopped by PID. The child asks the kernel to SIGKILL it when
- * the test process dies (PR_SET_PDEATHSIG) and stays in the test's process
- * group, so neither a crashed test nor a meson timeout leaves servers behind.
+ * the test process dies (tt_child_prepare: PR_SET_PDEATHSIG) and stays in
+ * the test's process group, so neither a crashed test nor a meson timeout
+ * leaves servers behind.
  * Servers still running at exit() are stopped and their directories removed
  * by an atexit handler (a failed cmocka assertion skips the test's cleanup);
  * directories left by a test that aborted are swept by the next test run.
  * Test code only: it prints to stderr freely and is not thread-safe.
  */
 #include "harness.h"
+#include "tt_proc.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -34,7 +36,6 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -332,14 +333,6 @@ static void tt_close_inherited(void) {
     long max = sysconf(_SC_OPEN_MAX);
     for (long fd = 3; fd < (max > 0 ? max : 1024); fd++)
         close((int)fd);
-}
-
-void tt_child_prepare(pid_t parent) {
-    sigset_t none;
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1 || getppid() != parent)
-        _exit(127); /* the test already died */
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
 /* In the child, between fork and exec: only async-signal-safe calls. */
@@ -900,60 +893,6 @@ long long tt_redis_numsub(const tt_redis *r, const char *channel) {
 bool tt_numsub_is(void *arg) {
     const tt_numsub *w = arg;
     return tt_redis_numsub(w->r, w->channel) == w->n;
-}
-
-/* ---- redis-cli ------------------------------------------------------------- */
-
-pid_t tt_fork_piped(void (*run)(const char *url, int wfd), const char *url, int *rfd) {
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0)
-        run(url, fds[1]);
-    close(fds[1]);
-    *rfd = fds[0];
-    return pid;
-}
-
-bool tt_have_redis_cli(void) {
-    return system("command -v redis-cli >/dev/null 2>&1") == 0;
-}
-
-typedef struct tt_cli_child {
-    pid_t pid;
-    int status;
-} tt_cli_child;
-
-static bool tt_child_exited(void *arg) {
-    tt_cli_child *c = arg;
-    return waitpid(c->pid, &c->status, WNOHANG) == c->pid;
-}
-
-char *tt_redis_cli(struct event_base *base, int port, const char *const *args) {
-    int fds[2];
-    char p[16];
-    const char *argv[16] = {"redis-cli", "-h", "127.0.0.1", "-p", p};
-    int argc = 5;
-    snprintf(p, sizeof p, "%d", port);
-    for (; *args != NULL && argc < 15; args++)
-        argv[argc++] = *args;
-    assert_int_equal(pipe(fds), 0);
-    tt_cli_child ch = {.pid = fork()};
-    assert_true(ch.pid >= 0);
-    if (ch.pid == 0) {
-        dup2(fds[1], 1);
-        dup2(fds[1], 2);
-        close(fds[0]);
-        execvp("redis-cli", (char *const *)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    assert_true(tt_run_until(base, tt_child_exited, &ch, 10000));
-    char *text = calloc(1, 4096);
-    assert_true(read(fds[0], text, 4095) >= 0);
-    close(fds[0]);
-    return text;
 }
 
 json_t *tt_json_named(json_t *obj, const char *list, const char *key, const char *name) {

@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Test harness shared by the cmocka tests: a private redis-server on a free
- * loopback port (persistence off), stopped by its PID, and helpers to run
- * an event loop until a condition holds.
+ * loopback port (persistence off), stopped by its PID; the group and
+ * per-test fixtures built on it; synchronous commands to it; and helpers to
+ * run an event loop until a condition holds. Nodes (tt_node.h), HTTP
+ * (tt_http.h), child processes (tt_proc.h) and failing allocations
+ * (tt_chaos.h) have headers of their own.
  */
 #ifndef TEMPEST_TEST_HARNESS_H
 #define TEMPEST_TEST_HARNESS_H
@@ -127,32 +130,6 @@ bool tt_numsub_is(void *arg);
  * snapshot.
  */
 json_t *tt_json_named(json_t *obj, const char *list, const char *key, const char *name);
-
-/**
- * In a child between fork and exec (async-signal-safe): has the kernel
- * SIGKILL it when `parent` (the test) dies, _exit(127)s when the test died
- * already, and unblocks every signal.
- */
-void tt_child_prepare(pid_t parent);
-
-/**
- * Forks a child that runs `run(url, wfd)`, which must not return (it ends
- * with _exit), `wfd` the write end of a pipe whose read end goes to `*rfd`
- * (the parent's copy of the write end is closed). Asserts (cmocka) that
- * the pipe and the fork worked; returns the child's pid.
- */
-pid_t tt_fork_piped(void (*run)(const char *url, int wfd), const char *url, int *rfd);
-
-/** True when redis-cli is in PATH. */
-bool tt_have_redis_cli(void);
-
-/**
- * Runs `redis-cli -h 127.0.0.1 -p <port>` with the NULL-ended `args` (at
- * most 10), running `base` until it exits (cmocka asserts: at most 10 s),
- * and returns what it wrote to stdout and stderr (malloc'd, at most 4095
- * bytes; free it).
- */
-char *tt_redis_cli(struct event_base *base, int port, const char *const *args);
 
 /** Returns a free TCP port on 127.0.0.1 (bind to port 0, read, close). */
 int tt_free_port(void);

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "tt_proc.h"
 
 #define WAIT_MS 10000
 #define MAX_CONNS 4

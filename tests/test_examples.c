@@ -34,6 +34,7 @@
 #include <jansson.h>
 
 #include "harness.h"
+#include "tt_proc.h"
 
 #define WAIT_MS 5000
 #define MAX_CHILDREN 6

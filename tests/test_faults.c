@@ -40,6 +40,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_proc.h"
 #include "tt_node.h"
 
 #define WAIT_MS 5000

@@ -37,6 +37,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_proc.h"
 #include "listener.h"
 
 #define LIT(s) (s), (sizeof(s) - 1)

@@ -26,6 +26,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_proc.h"
 #include "tt_node.h"
 
 typedef tt_node_fixture fixture; /* its node reads the status; a producer */

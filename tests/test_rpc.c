@@ -28,6 +28,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_proc.h"
 #include "tt_node.h"
 #include "listener.h"
 #include "node.h"

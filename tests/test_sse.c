@@ -33,6 +33,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_proc.h"
 #include "tt_chaos.h"
 #include "tt_node.h"
 

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Node helpers for the tests: the conditions the tests wait for (a node is
- * up), their options, a front on a free port, status reads
- * (tempest_cluster_status), and a private server, a loop and, when asked, a node on them that
- * is up, as the cmocka setup and teardown of the tests that share one node
- * (test_node, test_queue, test_rpc, test_monitor, test_security).
+ * Helpers around tempest nodes for the tests: the conditions the tests
+ * wait for (a node is up), the options of nodes that must notice Redis
+ * going and coming fast, a front on a free port, the echo handler, status
+ * reads (tempest_cluster_status), and the fixture of the tests that share
+ * one node (test_node, test_queue, test_rpc, test_monitor, test_security):
+ * a private server, a loop and, when asked, a node on them that is up.
  */
 #ifndef TEMPEST_TEST_NODE_H
 #define TEMPEST_TEST_NODE_H
