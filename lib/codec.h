@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Codec: pure functions that encode and decode what travels on the wire
- * (jobs, answers, `url` requests and answers, Redis URLs, host:port
- * addresses), with strict validation and precise error text. No I/O, no
- * event loop; unit-tested without Redis.
+ * (jobs, answers, `url` requests and answers in lib/codec.c; the JSON fast
+ * path in lib/codec_fast.c; Redis URLs and host:port addresses in
+ * lib/codec_addr.c), with strict validation and precise error text. No I/O,
+ * no event loop; unit-tested without Redis.
  *
  * Error text: every function that can fail takes `char *err, size_t errlen`
  * (err may be NULL) and writes one short sentence there, such as
@@ -41,6 +42,13 @@ int tp_job_decode(const char *buf, size_t len, tp_job_parts *out, char *err, siz
  * NULL otherwise (or out of memory): then ask json_loadb().
  */
 json_t *tp_json_fast(const char *buf, size_t len);
+
+/**
+ * Decodes the JSON in `buf` (`len` bytes) as json_loadb(buf, len, flags,
+ * jerr) does, trying tp_json_fast first: a new reference, or NULL with
+ * `jerr` filled by json_loadb().
+ */
+json_t *tp_json_load(const char *buf, size_t len, size_t flags, json_error_t *jerr);
 
 /** Releases what tp_job_decode put in `parts` and zeroes it. */
 void tp_job_parts_clear(tp_job_parts *parts);

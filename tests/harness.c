@@ -4,14 +4,23 @@
  * tests. Each server runs on 127.0.0.1 and a free port (never 6379) with
  * persistence off, in its own mkdtemp directory, started with fork/exec (no
  * shell) and stopped by PID. The child asks the kernel to SIGKILL it when
- * the test process dies (PR_SET_PDEATHSIG) and stays in the test's process
- * group, so neither a crashed test nor a meson timeout leaves servers behind.
+ * the test process dies (tt_child_prepare: PR_SET_PDEATHSIG) and stays in
+ * the test's process group, so neither a crashed test nor a meson timeout
+ * leaves servers behind.
  * Servers still running at exit() are stopped and their directories removed
  * by an atexit handler (a failed cmocka assertion skips the test's cleanup);
  * directories left by a test that aborted are swept by the next test run.
  * Test code only: it prints to stderr freely and is not thread-safe.
  */
 #include "harness.h"
+#include "tt_proc.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
 
 #include <dirent.h>
 #include <errno.h>
@@ -19,7 +28,6 @@
 #include <ftw.h>
 #include <limits.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +36,6 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -330,11 +337,7 @@ static void tt_close_inherited(void) {
 
 /* In the child, between fork and exec: only async-signal-safe calls. */
 static void tt_child(const char *exe, const char **argv, pid_t parent) {
-    sigset_t none;
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1 || getppid() != parent)
-        _exit(127); /* the test already died */
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    tt_child_prepare(parent);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
@@ -463,13 +466,31 @@ static void tt_cleanup_at_exit(void) {
     }
 }
 
-int tt_redis_start(tt_redis *r, const char *const *extra) {
+/* Zeroes `r`, sets up the cleanup at exit (once) and makes r's directory. */
+static int tt_prepare(tt_redis *r) {
     memset(r, 0, sizeof *r);
     if (!tt_atexit_registered) {
         tt_sweep_stale_dirs();
         tt_atexit_registered = atexit(tt_cleanup_at_exit) == 0;
     }
-    if (tt_make_dir(r) == -1)
+    return tt_make_dir(r);
+}
+
+/* Launches the server on r->port, its URL set. */
+static int tt_launch_at_port(tt_redis *r, const char *conf, const char *const *extra) {
+    snprintf(r->url, sizeof r->url, "redis://127.0.0.1:%d", r->port);
+    return tt_launch(r, conf, extra);
+}
+
+/* A start that failed every attempt: removes the dir and zeroes `r`. */
+static int tt_give_up(tt_redis *r) {
+    tt_rmtree(r->dir);
+    memset(r, 0, sizeof *r);
+    return -1;
+}
+
+int tt_redis_start(tt_redis *r, const char *const *extra) {
+    if (tt_prepare(r) == -1)
         return -1;
     /* Another process may take the free port before redis binds it: retry. */
     bool cluster = false;
@@ -479,13 +500,10 @@ int tt_redis_start(tt_redis *r, const char *const *extra) {
         r->port = cluster ? tt_free_port_pair(10000) : tt_free_port();
         if (r->port <= 0)
             break;
-        snprintf(r->url, sizeof r->url, "redis://127.0.0.1:%d", r->port);
-        if (tt_launch(r, NULL, extra) == 0)
+        if (tt_launch_at_port(r, NULL, extra) == 0)
             return 0;
     }
-    tt_rmtree(r->dir);
-    memset(r, 0, sizeof *r);
-    return -1;
+    return tt_give_up(r);
 }
 
 void tt_redis_kill(tt_redis *r) {
@@ -549,24 +567,51 @@ static int tt_sentinel_conf(const tt_redis *r, const char *name, int master_port
 
 int tt_sentinel_start(tt_redis *r, const char *name, int master_port) {
     char conf[PATH_MAX];
-    memset(r, 0, sizeof *r);
-    if (!tt_atexit_registered) {
-        tt_sweep_stale_dirs();
-        tt_atexit_registered = atexit(tt_cleanup_at_exit) == 0;
-    }
-    if (tt_make_dir(r) == -1)
+    if (tt_prepare(r) == -1)
         return -1;
     for (int attempt = 0; attempt < TT_START_ATTEMPTS; attempt++) {
         r->port = tt_free_port();
         if (r->port <= 0 || tt_sentinel_conf(r, name, master_port, conf, sizeof conf) == -1)
             break;
-        snprintf(r->url, sizeof r->url, "redis://127.0.0.1:%d", r->port);
-        if (tt_launch(r, conf, NULL) == 0)
+        if (tt_launch_at_port(r, conf, NULL) == 0)
             return 0;
     }
-    tt_rmtree(r->dir);
-    memset(r, 0, sizeof *r);
-    return -1;
+    return tt_give_up(r);
+}
+
+/* ---- fixtures -------------------------------------------------------------- */
+
+static tt_redis *tt_group; /* the server of tt_group_setup */
+
+void tt_group_redis(tt_redis *r) {
+    tt_group = r;
+}
+
+int tt_group_setup(void **state) {
+    (void)state;
+    return tt_redis_start(tt_group, NULL);
+}
+
+int tt_group_teardown(void **state) {
+    (void)state;
+    tt_redis_stop(tt_group);
+    return 0;
+}
+
+/* A pointer to a struct also points to its first member (C11 6.7.2.1). */
+int tt_fixture_setup(void **state, size_t size, const tt_redis *r) {
+    struct event_base **base = calloc(1, size);
+    if (base == NULL || tt_redis_int(r, "FLUSHALL") != 0 || (*base = event_base_new()) == NULL) {
+        free(base);
+        return -1;
+    }
+    *state = base;
+    return 0;
+}
+
+void tt_fixture_free(void *fixture) {
+    event_base_free(*(struct event_base **)fixture);
+    free(fixture);
 }
 
 /* ---- a cluster of masters ------------------------------------------------ */
@@ -759,6 +804,25 @@ done:
     return run.done || cond(arg);
 }
 
+void tt_log_append(char *buf, size_t size, size_t *len, int level, const char *message) {
+    int n = snprintf(buf + *len, size - *len, "%d %s\n", level, message);
+    if (n > 0 && *len + (size_t)n < size)
+        *len += (size_t)n;
+}
+
+bool tt_count_reached(void *arg) {
+    const tt_count *c = arg;
+    return *c->count >= c->n;
+}
+
+bool tt_every(long long *next, int ms) {
+    long long now = tt_now_ms();
+    if (now < *next)
+        return false;
+    *next = now + ms;
+    return true;
+}
+
 static bool tt_never(void *arg) {
     (void)arg;
     return false;
@@ -800,6 +864,35 @@ int tt_cluster_add_replica(tt_redis *replica, const tt_redis *master) {
     fprintf(stderr, "harness: the replica of port %d did not sync\n", master->port);
     tt_redis_stop(replica);
     return -1;
+}
+
+struct redisReply *tt_redis_command(const tt_redis *r, const char *fmt, ...) {
+    redisContext *c = redisConnect("127.0.0.1", r->port);
+    assert_non_null(c);
+    assert_int_equal(c->err, 0);
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *reply = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    redisFree(c);
+    assert_non_null(reply);
+    return reply;
+}
+
+long long tt_redis_numsub(const tt_redis *r, const char *channel) {
+    redisContext *c = redisConnect("127.0.0.1", r->port);
+    redisReply *reply = c && !c->err ? redisCommand(c, "PUBSUB NUMSUB %s", channel) : NULL;
+    long long n = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
+                      ? reply->element[1]->integer
+                      : -1;
+    freeReplyObject(reply);
+    redisFree(c);
+    return n;
+}
+
+bool tt_numsub_is(void *arg) {
+    const tt_numsub *w = arg;
+    return tt_redis_numsub(w->r, w->channel) == w->n;
 }
 
 json_t *tt_json_named(json_t *obj, const char *list, const char *key, const char *name) {

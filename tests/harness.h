@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Test harness shared by the cmocka tests: a private redis-server on a free
- * loopback port (persistence off), stopped by its PID, and helpers to run
- * an event loop until a condition holds.
+ * loopback port (persistence off), stopped by its PID; the group and
+ * per-test fixtures built on it; synchronous commands to it; and helpers to
+ * run an event loop until a condition holds. Nodes (tt_node.h), HTTP
+ * (tt_http.h), child processes (tt_proc.h) and failing allocations
+ * (tt_chaos.h) have headers of their own.
  */
 #ifndef TEMPEST_TEST_HARNESS_H
 #define TEMPEST_TEST_HARNESS_H
@@ -13,6 +16,7 @@
 #include <jansson.h>
 
 struct event_base;
+struct redisReply;
 
 typedef struct tt_redis {
     pid_t pid;     /* 0 when not running */
@@ -74,11 +78,51 @@ int tt_cluster_start(tt_redis *nodes, int n, char *url, size_t urlsize);
 int tt_cluster_add_replica(tt_redis *replica, const tt_redis *master);
 
 /**
+ * Group fixtures for the tests of a file that share one server: name it
+ * with tt_group_redis() in main(), then run the group with tt_group_setup
+ * (tt_redis_start(server, NULL)) and tt_group_teardown (tt_redis_stop).
+ */
+void tt_group_redis(tt_redis *r);
+int tt_group_setup(void **state);
+int tt_group_teardown(void **state);
+
+/**
+ * A test's fixture: `size` zeroed bytes whose first member is a `struct
+ * event_base *`, set to a new loop after FLUSHALL on `r`. Stores it in
+ * `*state` and returns 0, or returns -1 with nothing left. Free it with
+ * tt_fixture_free().
+ */
+int tt_fixture_setup(void **state, size_t size, const tt_redis *r);
+
+/** Frees the loop that is the first member of `fixture`, then the fixture. */
+void tt_fixture_free(void *fixture);
+
+/**
  * Runs a synchronous command on the server (hiredis, blocking; test only)
  * and returns the reply as an integer (for :N replies), or the length of a
  * list/array reply, or -1 on error. `fmt` as redisCommand.
  */
 long long tt_redis_int(const tt_redis *r, const char *fmt, ...);
+
+/**
+ * Runs a synchronous command on the server and returns its reply (free it
+ * with freeReplyObject). Asserts (cmocka) that the connection came up and
+ * that a reply came.
+ */
+struct redisReply *tt_redis_command(const tt_redis *r, const char *fmt, ...);
+
+/** PUBSUB NUMSUB of `channel` on the server: its subscribers, or -1. */
+long long tt_redis_numsub(const tt_redis *r, const char *channel);
+
+/** A tt_run_until condition (tt_numsub_is): the server reports `n`
+ *  subscribers of `channel` (a SUBSCRIBE or UNSUBSCRIBE was processed). */
+typedef struct tt_numsub {
+    const tt_redis *r;
+    const char *channel;
+    long long n;
+} tt_numsub;
+
+bool tt_numsub_is(void *arg);
 
 /**
  * The first object of the array `obj[list]` whose string member `key` is
@@ -95,6 +139,24 @@ int tt_free_port(void);
  * condition at least every 5 ms. Returns true when the condition holds.
  */
 bool tt_run_until(struct event_base *base, bool (*cond)(void *), void *arg, int timeout_ms);
+
+/**
+ * Appends "<level> <message>\n" to the log text in `buf` (`size` bytes,
+ * `*len` used) when it fits: the body of the tests' log callbacks.
+ */
+void tt_log_append(char *buf, size_t size, size_t *len, int level, const char *message);
+
+/** A tt_run_until condition (tt_count_reached): `*count` has reached `n`. */
+typedef struct tt_count {
+    const int *count;
+    int n;
+} tt_count;
+
+bool tt_count_reached(void *arg);
+
+/** For conditions costly to check (a Redis round trip each): true at most
+ *  once every `ms`; `*next` (0 at first) holds when it may be next. */
+bool tt_every(long long *next, int ms);
 
 /** Runs `base` for `ms` milliseconds. */
 void tt_run_for(struct event_base *base, int ms);

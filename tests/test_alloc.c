@@ -23,41 +23,9 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
-#include "internal.h"
+#include "tt_chaos.h"
 
 static tt_redis redis;
-static long counted, fail_at;
-static bool failed;
-
-static void *chaos_malloc(size_t n) {
-    if (++counted == fail_at) {
-        failed = true;
-        return NULL;
-    }
-    return malloc(n);
-}
-
-static void *chaos_realloc(void *p, size_t n) {
-    if (++counted == fail_at) {
-        failed = true;
-        return NULL;
-    }
-    return realloc(p, n);
-}
-
-static void chaos_on(long n) {
-    counted = 0;
-    fail_at = n;
-    failed = false;
-    tp_set_allocator(chaos_malloc, chaos_realloc);
-    json_set_alloc_funcs(chaos_malloc, free);
-}
-
-static void chaos_off(void) {
-    tp_set_allocator(NULL, NULL);
-    json_set_alloc_funcs(malloc, free);
-}
-
 /*
  * Runs `fn` on a fresh event_base (after DEL `queue`) with allocation N
  * failing, for N = 1, 2, ... until a run reaches no N: that run must
@@ -70,11 +38,11 @@ static void chaos_loop(const char *name, const char *queue, int (*fn)(struct eve
     for (n = 1; n < 5000; n++) {
         struct event_base *base = event_base_new();
         tt_redis_int(&redis, "DEL %s", queue);
-        chaos_on(n);
+        tt_chaos_on(n);
         int result = fn(base);
-        chaos_off();
+        tt_chaos_off();
         event_base_free(base);
-        if (!failed) {
+        if (!tt_chaos_failed()) {
             assert_int_equal(result, want); /* no failure injected: it must have worked */
             break;
         }
@@ -259,17 +227,6 @@ static void test_cancel_chaos(void **state) {
     chaos_loop("cancel", "chaos3", cancel_trip, 1, NULL);
 }
 
-static int setup(void **state) {
-    (void)state;
-    return tt_redis_start(&redis, NULL);
-}
-
-static int teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&redis);
-    return 0;
-}
-
 int main(void) {
     tt_require_redis();
     const struct CMUnitTest tests[] = {
@@ -277,5 +234,6 @@ int main(void) {
         cmocka_unit_test(test_front_chaos),
         cmocka_unit_test(test_cancel_chaos),
     };
-    return cmocka_run_group_tests_name("alloc", tests, setup, teardown);
+    tt_group_redis(&redis);
+    return cmocka_run_group_tests_name("alloc", tests, tt_group_setup, tt_group_teardown);
 }

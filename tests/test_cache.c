@@ -88,26 +88,10 @@ static void h_url(tempest_worker *w, tempest_job *job, void *arg) {
 
 /* ---- fixture ------------------------------------------------------------ */
 
-static int group_setup(void **state) {
-    (void)state;
-    return tt_redis_start(&g_redis, NULL);
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&g_redis);
-    return 0;
-}
-
 static int setup(void **state) {
-    fx *f = calloc(1, sizeof *f);
-    if (f == NULL || tt_redis_int(&g_redis, "FLUSHALL") != 0 ||
-        (f->base = event_base_new()) == NULL) {
-        free(f);
+    if (tt_fixture_setup(state, sizeof(fx), &g_redis) != 0)
         return -1;
-    }
-    f->cache_ms = 60000;
-    *state = f;
+    ((fx *)*state)->cache_ms = 60000;
     return 0;
 }
 
@@ -117,8 +101,7 @@ static int teardown(void **state) {
     tempest_front_free(f->front);
     tempest_node_free(f->wnode);
     tempest_node_free(f->node);
-    event_base_free(f->base);
-    free(f);
+    tt_fixture_free(f);
     return 0;
 }
 
@@ -363,5 +346,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_not_cached, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disabled, setup, teardown),
     };
-    return cmocka_run_group_tests_name("cache", tests, group_setup, group_teardown);
+    tt_group_redis(&g_redis);
+    return cmocka_run_group_tests_name("cache", tests, tt_group_setup, tt_group_teardown);
 }

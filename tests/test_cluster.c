@@ -25,6 +25,7 @@
 #include "../lib/cluster.h"
 #include "../lib/redis.h"
 #include "harness.h"
+#include "tt_node.h"
 
 #define NMASTERS 3
 #define NQUEUES 50
@@ -185,21 +186,9 @@ static void print_log(int level, const char *message, void *arg) {
 }
 
 static tempest_node *cluster_node(fixture *f, const char *url) {
-    tempest_node_options o = {.redis_url = url,
-                              .connect_timeout_ms = 500,
-                              .reconnect_min_ms = 20,
-                              .reconnect_max_ms = 200,
-                              .log = print_log,
-                              .log_level = TEMPEST_LOG_DEBUG};
-    tempest_error err = {0};
-    tempest_node *node = tempest_node_new(f->base, &o, &err);
-    if (node == NULL)
-        fail_msg("tempest_node_new: %s", err.message);
-    return node;
-}
-
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP && tempest_node_id(arg) > 0;
+    tempest_node_options o = tt_node_options(url, print_log, NULL, TEMPEST_LOG_DEBUG);
+    o.connect_timeout_ms = 500;
+    return tt_node_new(f->base, &o);
 }
 
 /* ---- slots and URLs ------------------------------------------------------ */
@@ -256,7 +245,7 @@ static void test_dead_seed_skipped(void **state) {
     snprintf(url, sizeof url, "redis+cluster://127.0.0.1:%d,%s", tt_free_port(),
              f->url + strlen("redis+cluster://"));
     tempest_node *node = cluster_node(f, url);
-    assert_true(tt_run_until(f->base, node_up, node, 5000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, node, 5000));
     assert_true(tempest_work(node, "seedq", "x", NULL, NULL, NULL, NULL) > 0);
     tt_run_for(f->base, 100);
     assert_int_equal(count_on_owner(f, "LLEN", "seedq"), 1);
@@ -401,13 +390,6 @@ static void on_answer(tempest_node *node, long long id, int status, json_t *answ
     fill(l);
 }
 
-static void h_echo(tempest_worker *w, tempest_job *job, void *arg) {
-    (void)w;
-    (void)arg;
-    if (tempest_job_answer(job, tempest_job_args(job), false) != 0)
-        fprintf(stderr, "h_echo: answer failed\n");
-}
-
 typedef struct target {
     load *l;
     long long n;
@@ -423,15 +405,15 @@ static bool reached(void *arg) {
 static tempest_node *start_load(fixture *f, load *l, tempest_worker **w) {
     l->node = cluster_node(f, f->url);
     tempest_node *wnode = cluster_node(f, f->url);
-    assert_true(tt_run_until(f->base, node_up, l->node, 5000));
-    assert_true(tt_run_until(f->base, node_up, wnode, 5000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, l->node, 5000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, wnode, 5000));
     for (int q = 0; q < NQUEUES; q++) {
         char name[16];
         snprintf(name, sizeof name, "cq%d", q);
         tempest_worker_options wo = {.queue = name, .concurrency = 8, .block_timeout_ms = 200};
         w[q] = tempest_worker_new(wnode, &wo, NULL);
         assert_non_null(w[q]);
-        assert_int_equal(tempest_worker_on(w[q], "echo", h_echo, NULL), 0);
+        assert_int_equal(tempest_worker_on(w[q], "echo", tt_echo, NULL), 0);
         assert_int_equal(tempest_worker_start(w[q]), 0);
     }
     return wnode;
@@ -526,31 +508,8 @@ static void test_reshard_under_load(void **state) {
 
 /* ---- the monitor's snapshot ----------------------------------------------- */
 
-typedef struct reading {
-    int status, calls;
-    json_t *snap;
-} reading;
-
-static void on_status(tempest_node *node, int status, json_t *snapshot, void *arg) {
-    (void)node;
-    reading *r = arg;
-    r->status = status;
-    r->snap = json_incref(snapshot);
-    r->calls++;
-}
-
-static bool read_done(void *arg) {
-    return ((reading *)arg)->calls > 0;
-}
-
 static bool has_node(json_t *snap, long long id) {
-    size_t i;
-    json_t *n;
-    json_array_foreach(json_object_get(snap, "nodes"), i, n) {
-        if (json_integer_value(json_object_get(n, "id")) == id)
-            return true;
-    }
-    return false;
+    return tt_snapshot_node(snap, id) != NULL;
 }
 
 static void h_keep(tempest_worker *w, tempest_job *job, void *arg) {
@@ -578,8 +537,8 @@ static long long int_of(json_t *obj, const char *name) {
 static void test_status_in_cluster(void **state) {
     fixture *f = *state;
     tempest_node *pnode = cluster_node(f, f->url), *wnode = cluster_node(f, f->url);
-    assert_true(tt_run_until(f->base, node_up, pnode, 5000));
-    assert_true(tt_run_until(f->base, node_up, wnode, 5000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, pnode, 5000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, wnode, 5000));
     const char *queues[] = {"mon1", "mon2", "mon3", "mon4", "mon5", "mon6"};
     int masters[NMASTERS] = {0};
     for (size_t i = 0; i < 6; i++)
@@ -612,9 +571,9 @@ static void test_status_in_cluster(void **state) {
                                   "{\"id\":424242,\"queues\":[{\"name\":\"a{b}c\"}]}"),
                      1);
 
-    reading rd = {0};
-    assert_int_equal(tempest_cluster_status(pnode, NULL, on_status, &rd), 0);
-    assert_true(tt_run_until(f->base, read_done, &rd, 5000));
+    tt_status rd = {0};
+    assert_int_equal(tempest_cluster_status(pnode, NULL, tt_on_status, &rd), 0);
+    assert_true(tt_run_until(f->base, tt_status_done, &rd, 5000));
     assert_int_equal(rd.status, 0);
     assert_int_equal(rd.calls, 1);
     json_t *snap = rd.snap;
@@ -682,9 +641,8 @@ static int owner_after(fixture *f, const tt_redis *promoted, int slot) {
 static bool promoted(void *arg) {
     failover *fo = arg;
     fill(fo->l);
-    if (tt_now_ms() < fo->next_check)
+    if (!tt_every(&fo->next_check, 50))
         return false;
-    fo->next_check = tt_now_ms() + 50;
     redisReply *r = cmd(fo->replica, "ROLE");
     bool master = r && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
                   r->element[0]->type == REDIS_REPLY_STRING &&
@@ -824,7 +782,7 @@ static void test_multi_queue_worker(void **state) {
     }
     assert_true(names[0] && names[1] && names[2]);
     tempest_node *node = cluster_node(f, f->url);
-    assert_true(tt_run_until(f->base, node_up, node, 5000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, node, 5000));
     tempest_error err = {0};
     /* Keys that would span slots are refused. */
     tempest_worker_options bad = {.queue = "a{b}c"};
@@ -841,7 +799,7 @@ static void test_multi_queue_worker(void **state) {
     tempest_worker_options wo = {.queues = queues, .concurrency = 4, .block_timeout_ms = 100};
     w = tempest_worker_new(node, &wo, &err);
     assert_non_null(w);
-    assert_int_equal(tempest_worker_on(w, "echo", h_echo, NULL), 0);
+    assert_int_equal(tempest_worker_on(w, "echo", tt_echo, NULL), 0);
     assert_int_equal(tempest_worker_start(w), 0);
     multi m = {0};
     for (int i = 0; i < 3 * 100; i++)
@@ -879,23 +837,13 @@ static bool subscribed(void *arg) {
     return tempest_node_subscriptions(arg) == 1;
 }
 
-typedef struct want_heard {
-    heard *h;
-    int n;
-} want_heard;
-
-static bool heard_n(void *arg) {
-    want_heard *w = arg;
-    return w->h->n >= w->n;
-}
-
 /* A cluster node's subscriber hears a PUBLISH sent to any master (the
  * cluster bus carries it), and its publisher reaches a plain SUBSCRIBE on
  * every master. */
 static void test_pubsub_across_masters(void **state) {
     fixture *f = *state;
     tempest_node *node = cluster_node(f, f->url);
-    assert_true(tt_run_until(f->base, node_up, node, 5000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, node, 5000));
     heard h = {0};
     tempest_subscriber *sub = tempest_subscriber_new(node, on_heard, &h, NULL);
     assert_non_null(sub);
@@ -908,8 +856,8 @@ static void test_pubsub_across_masters(void **state) {
         assert_non_null(r);
         freeReplyObject(r);
     }
-    want_heard all = {&h, NMASTERS};
-    assert_true(tt_run_until(f->base, heard_n, &all, 5000));
+    tt_count all = {&h.n, NMASTERS};
+    assert_true(tt_run_until(f->base, tt_count_reached, &all, 5000));
     /* Each once; the order is not kept across masters (the cluster bus). */
     for (int i = 0; i < NMASTERS; i++) {
         char want[16];

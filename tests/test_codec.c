@@ -366,6 +366,14 @@ static void test_job_encode_bad_args(void **state) {
     json_decref(obj);
 }
 
+/* `got` is NULL when `want` is, else the same string. */
+static void assert_string_or_null(const char *got, const char *want) {
+    if (want == NULL)
+        assert_null(got);
+    else
+        assert_string_equal(got, want);
+}
+
 static void round_trip(const char *action, const char *args_text, const char *respond_to,
                        long long id) {
     json_t *args = load(args_text);
@@ -378,10 +386,7 @@ static void round_trip(const char *action, const char *args_text, const char *re
     assert_int_equal(decode_n(s, len, &p, err, sizeof err), 0);
     assert_string_equal(p.action, action);
     assert_true(json_equal(p.args, args));
-    if (respond_to == NULL)
-        assert_null(p.respond_to);
-    else
-        assert_string_equal(p.respond_to, respond_to);
+    assert_string_or_null(p.respond_to, respond_to);
     assert_true(p.id == id);
     tp_job_parts_clear(&p);
     free(s);
@@ -761,22 +766,10 @@ static void redis_ok(const char *url, const char *host, int port, const char *pa
 
     if (tp_redis_url_parse(url, &u, err, sizeof err) != 0)
         fail_msg("%s: %s", url, err);
-    if (host == NULL)
-        assert_null(u.host);
-    else
-        assert_string_equal(u.host, host);
-    if (path == NULL)
-        assert_null(u.path);
-    else
-        assert_string_equal(u.path, path);
-    if (user == NULL)
-        assert_null(u.user);
-    else
-        assert_string_equal(u.user, user);
-    if (password == NULL)
-        assert_null(u.password);
-    else
-        assert_string_equal(u.password, password);
+    assert_string_or_null(u.host, host);
+    assert_string_or_null(u.path, path);
+    assert_string_or_null(u.user, user);
+    assert_string_or_null(u.password, password);
     assert_int_equal(u.port, port);
     assert_int_equal(u.db, db);
     tp_redis_url_clear(&u);
@@ -939,18 +932,9 @@ static void sentinel_ok(const char *url, const char *hosts, const char *master, 
                               u.sentinels[i].port);
     assert_string_equal(got, hosts);
     assert_string_equal(u.master, master);
-    if (user == NULL)
-        assert_null(u.user);
-    else
-        assert_string_equal(u.user, user);
-    if (password == NULL)
-        assert_null(u.password);
-    else
-        assert_string_equal(u.password, password);
-    if (sentinel_password == NULL)
-        assert_null(u.sentinel_password);
-    else
-        assert_string_equal(u.sentinel_password, sentinel_password);
+    assert_string_or_null(u.user, user);
+    assert_string_or_null(u.password, password);
+    assert_string_or_null(u.sentinel_password, sentinel_password);
     assert_int_equal(u.db, db);
     tp_redis_url_clear(&u);
     assert_null(u.sentinels);

@@ -24,12 +24,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "harness.h"
+#include "tt_proc.h"
 
 #define WAIT_MS 10000
 #define MAX_CONNS 4
@@ -179,11 +181,7 @@ static void exe_path(char *out, size_t size) {
 
 /* In the child between fork and exec: only async-signal-safe calls. */
 static void child_exec(const char *exe, char *const *argv, int out, int err, pid_t parent) {
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1 || getppid() != parent)
-        _exit(127);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    tt_child_prepare(parent);
     if (dup2(out, 1) < 0 || dup2(err, 2) < 0)
         _exit(127);
     execv(exe, argv);

@@ -25,7 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -35,6 +34,7 @@
 #include <jansson.h>
 
 #include "harness.h"
+#include "tt_proc.h"
 
 #define WAIT_MS 5000
 #define MAX_CHILDREN 6
@@ -67,11 +67,7 @@ static void exe_path(char *out, size_t size, const char *name) {
 
 /* In the child between fork and exec: only async-signal-safe calls. */
 static void child_exec(const char *exe, char *const *argv, int out, int err, pid_t parent) {
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1 || getppid() != parent)
-        _exit(127);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    tt_child_prepare(parent);
     int null = open("/dev/null", O_RDONLY);
     if (null < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
         _exit(127);
@@ -229,15 +225,8 @@ static bool http_get(int port, const char *path, char *resp, size_t size) {
 /* ---- fixture -------------------------------------------------------------- */
 
 static int group_setup(void **state) {
-    (void)state;
     signal(SIGPIPE, SIG_IGN);
-    return tt_redis_start(&g_redis, NULL);
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&g_redis);
-    return 0;
+    return tt_group_setup(state);
 }
 
 static int setup(void **state) {
@@ -486,5 +475,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_monitor_redis_unreachable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_front_redis_unreachable, setup, teardown),
     };
-    return cmocka_run_group_tests_name("examples", tests, group_setup, group_teardown);
+    tt_group_redis(&g_redis);
+    return cmocka_run_group_tests_name("examples", tests, group_setup, tt_group_teardown);
 }

@@ -27,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -41,6 +40,8 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_proc.h"
+#include "tt_node.h"
 
 #define WAIT_MS 5000
 #define MAX_KIDS 4
@@ -124,22 +125,10 @@ static void on_state(tempest_node *node, int state, const char *reason, void *ar
 }
 
 static tempest_node_options node_opts(fx *f, const char *url) {
-    return (tempest_node_options){.redis_url = url,
-                                  .connect_timeout_ms = 1000,
-                                  .reconnect_min_ms = 20,
-                                  .reconnect_max_ms = 200,
-                                  .log = on_log,
-                                  .log_level = TEMPEST_LOG_ERROR,
-                                  .on_state = on_state,
-                                  .state_arg = f};
-}
-
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP;
-}
-
-static bool node_not_up(void *arg) {
-    return tempest_node_state(arg) != TEMPEST_NODE_UP;
+    tempest_node_options o = tt_node_options(url, on_log, NULL, TEMPEST_LOG_ERROR);
+    o.on_state = on_state;
+    o.state_arg = f;
+    return o;
 }
 
 /* A node with no state callback (f->states counts f->node's only). */
@@ -148,7 +137,7 @@ static tempest_node *new_node(fx *f) {
     no.on_state = NULL;
     tempest_node *node = tempest_node_new(f->base, &no, NULL);
     assert_non_null(node);
-    assert_true(tt_run_until(f->base, node_up, node, WAIT_MS));
+    assert_true(tt_run_until(f->base, tt_node_up, node, WAIT_MS));
     return node;
 }
 
@@ -321,11 +310,7 @@ static void fault_worker_path(char *out, size_t size) {
 
 /* Between fork and exec: dies with the test, stdout to the pipe. */
 static void child_exec(const char *exe, char *const *argv, int out, pid_t parent) {
-    sigset_t none;
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1 || getppid() != parent)
-        _exit(127);
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    tt_child_prepare(parent);
     signal(SIGPIPE, SIG_DFL); /* SIG_IGN would outlive the exec */
     if (dup2(out, STDOUT_FILENO) == -1)
         _exit(127);
@@ -529,9 +514,8 @@ static bool load_reached(void *arg) {
     load *l = &u->f->load;
     if (l->answered >= u->answered || l->answered == l->total)
         return true;
-    if (tt_now_ms() < u->next_check || tempest_node_state(u->f->node) != TEMPEST_NODE_UP)
+    if (tempest_node_state(u->f->node) != TEMPEST_NODE_UP || !tt_every(&u->next_check, 100))
         return false;
-    u->next_check = tt_now_ms() + 100;
     u->dead = tt_redis_int(&u->f->redis, "LLEN {%s}:dead", l->queue);
     load_fill(u->f); /* sends what failed while Redis was down */
     return l->answered + u->dead >= l->total;
@@ -587,9 +571,8 @@ typedef struct settled {
 /* The queue and every processing list are empty (checked every 100 ms). */
 static bool queue_settled(void *arg) {
     settled *s = arg;
-    if (tt_now_ms() < s->next_check)
+    if (!tt_every(&s->next_check, 100))
         return false;
-    s->next_check = tt_now_ms() + 100;
     return tt_redis_int(&s->f->redis, "LLEN %s", s->queue) == 0 &&
            processing_jobs(s->f, s->queue, NULL, 0) == 0;
 }
@@ -677,7 +660,7 @@ static bool all_kids_alive(fx *f, int n) {
 /* While Redis is down: tempest_work fails at once with TEMPEST_EDOWN. */
 static void check_fail_fast(fx *f) {
     tempest_work_options wo = {.timeout_ms = JOB_TIMEOUT_MS};
-    assert_true(tt_run_until(f->base, node_not_up, f->node, WAIT_MS));
+    assert_true(tt_run_until(f->base, tt_node_not_up, f->node, WAIT_MS));
     for (int i = 0; i < 10; i++) {
         long long t = tt_now_ms();
         long long id = tempest_work(f->node, "fb", "record", NULL, &wo, on_load_answer, f);
@@ -718,7 +701,7 @@ static void test_redis_killed(void **state) {
     tt_run_for(f->base, 300);
     assert_true(all_kids_alive(f, B_WORKERS));
     assert_int_equal(tt_redis_restart(&f->redis, aof_args), 0);
-    assert_true(tt_run_until(f->base, node_up, f->node, WAIT_MS));
+    assert_true(tt_run_until(f->base, tt_node_up, f->node, WAIT_MS));
     assert_true(load_run(f, B_JOBS, 20000 * slow, &ndead));
     assert_int_equal(f->load.errors, 0);
     assert_true(all_kids_alive(f, B_WORKERS));
@@ -789,12 +772,12 @@ static bool job_held(void *arg) {
 
 static bool nodes_down(void *arg) {
     fx *f = arg;
-    return node_not_up(f->node) && node_not_up(f->wnode);
+    return tt_node_not_up(f->node) && tt_node_not_up(f->wnode);
 }
 
 static bool nodes_up(void *arg) {
     fx *f = arg;
-    return node_up(f->node) && node_up(f->wnode);
+    return tt_node_up(f->node) && tt_node_up(f->wnode);
 }
 
 static void test_answer_while_redis_down(void **state) {
@@ -861,9 +844,8 @@ typedef struct job_state {
 /* Delivered once, and no longer in the worker's processing list. */
 static bool answered_and_acked(void *arg) {
     job_state *js = arg;
-    if (tt_now_ms() < js->next_check)
+    if (!tt_every(&js->next_check, 10))
         return false;
-    js->next_check = tt_now_ms() + 10;
     return tt_redis_int(&js->f->redis, "HGET deliveries 42") == 1 &&
            tt_redis_int(&js->f->redis, "LLEN %s", js->processing) == 0;
 }
@@ -986,7 +968,7 @@ static void test_redis_down_at_start(void **state) {
 
     long long t = tt_now_ms();
     assert_int_equal(tt_redis_restart(&f->redis, NULL), 0);
-    assert_true(tt_run_until(f->base, node_up, f->node, 1000));
+    assert_true(tt_run_until(f->base, tt_node_up, f->node, 1000));
     print_message("node up %lld ms after redis-server answered PING\n", tt_now_ms() - t);
     f->wnode = new_node(f);
     f->workers[0] =
@@ -1227,9 +1209,8 @@ static void match_letter(bad_job *bad, size_t n, const char *letter, size_t len)
 
 static bool dead_reached(void *arg) {
     until *u = arg;
-    if (tt_now_ms() < u->next_check)
+    if (!tt_every(&u->next_check, 50))
         return false;
-    u->next_check = tt_now_ms() + 50;
     return tt_redis_int(&u->f->redis, "LLEN {dq}:dead") >= u->answered;
 }
 

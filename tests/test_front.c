@@ -35,6 +35,8 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_node.h"
+#include "tt_http.h"
 
 #define WAIT_MS 5000
 #define NWORKERS 3
@@ -44,17 +46,7 @@
 
 static tt_redis g_redis;
 
-/* One HTTP request made with evhttp's client API, and what came back. */
-typedef struct http_call {
-    struct evhttp_connection *conn;
-    bool used;
-    bool done;
-    int status; /* 0: no response (connection failed) */
-    struct evkeyvalq headers;
-    struct evbuffer *body;
-    char *text; /* the body, NUL-terminated, once done */
-    long long started, finished;
-} http_call;
+typedef tt_http_call http_call;
 
 /* An answer sent later by a timer (asynchronous handlers). */
 typedef struct deferred {
@@ -92,9 +84,7 @@ typedef struct fx {
 
 static void on_log(int level, const char *message, void *arg) {
     fx *f = arg;
-    int n = snprintf(f->log + f->loglen, sizeof f->log - f->loglen, "%d %s\n", level, message);
-    if (n > 0 && f->loglen + (size_t)n < sizeof f->log)
-        f->loglen += (size_t)n;
+    tt_log_append(f->log, sizeof f->log, &f->loglen, level, message);
     if (level >= TEMPEST_LOG_WARN)
         fprintf(stderr, "  log: %s\n", message);
 }
@@ -109,39 +99,25 @@ static void callback_error(fx *f, const char *what) {
 }
 
 static tempest_node_options node_opts(fx *f, const char *url) {
-    return (tempest_node_options){.redis_url = url,
-                                  .connect_timeout_ms = 1000,
-                                  .reconnect_min_ms = 20,
-                                  .reconnect_max_ms = 200,
-                                  .log = on_log,
-                                  .log_arg = f,
-                                  .log_level = TEMPEST_LOG_DEBUG};
-}
-
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP;
-}
-
-static bool node_not_up(void *arg) {
-    return tempest_node_state(arg) != TEMPEST_NODE_UP;
+    return tt_node_options(url, on_log, f, TEMPEST_LOG_DEBUG);
 }
 
 static bool all_nodes_up(void *arg) {
     fx *f = arg;
-    if (!node_up(f->node))
+    if (!tt_node_up(f->node))
         return false;
     for (int i = 0; i < NWORKERS; i++)
-        if (f->wnodes[i] && !node_up(f->wnodes[i]))
+        if (f->wnodes[i] && !tt_node_up(f->wnodes[i]))
             return false;
     return true;
 }
 
 static bool all_nodes_down(void *arg) {
     fx *f = arg;
-    if (!node_not_up(f->node))
+    if (!tt_node_not_up(f->node))
         return false;
     for (int i = 0; i < NWORKERS; i++)
-        if (f->wnodes[i] && !node_not_up(f->wnodes[i]))
+        if (f->wnodes[i] && !tt_node_not_up(f->wnodes[i]))
             return false;
     return true;
 }
@@ -193,54 +169,12 @@ static void defer_answer(fx *f, tempest_job *job, json_t *a, bool more, int ms) 
 
 /* ---- HTTP client ---------------------------------------------------------- */
 
-static void on_http_chunk(struct evhttp_request *req, void *arg) {
-    http_call *c = arg;
-    evbuffer_add_buffer(c->body, evhttp_request_get_input_buffer(req));
-}
-
-static void on_http_done(struct evhttp_request *req, void *arg) {
-    http_call *c = arg;
-    c->done = true;
-    c->finished = tt_now_ms();
-    if (req == NULL)
-        return;
-    c->status = evhttp_request_get_response_code(req);
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next)
-        evhttp_add_header(&c->headers, kv->key, kv->value);
-    evbuffer_add_buffer(c->body, evhttp_request_get_input_buffer(req));
-    size_t len = evbuffer_get_length(c->body);
-    if ((c->text = malloc(len + 1)) != NULL) {
-        evbuffer_copyout(c->body, c->text, len);
-        c->text[len] = '\0';
-    }
-}
-
-/*
- * Starts a request on a connection of its own. `headers` is a NULL-ended
- * list of name, value pairs (may be NULL); `body` may be NULL.
- */
+/* Starts a request on a connection of its own (as tt_http_start). */
 static http_call *http_start(fx *f, enum evhttp_cmd_type cmd, const char *uri,
                              const char *const *headers, const char *body, size_t len) {
     assert_true(f->ncalls < NCALLS);
     http_call *c = &f->calls[f->ncalls++];
-    c->used = true;
-    TAILQ_INIT(&c->headers);
-    c->body = evbuffer_new();
-    c->conn = evhttp_connection_base_new(f->base, NULL, "127.0.0.1", (ev_uint16_t)f->port);
-    assert_non_null(c->body);
-    assert_non_null(c->conn);
-    struct evhttp_request *req = evhttp_request_new(on_http_done, c);
-    assert_non_null(req);
-    evhttp_request_set_chunked_cb(req, on_http_chunk);
-    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-    evhttp_add_header(out, "Host", "127.0.0.1");
-    for (size_t i = 0; headers && headers[i]; i += 2)
-        evhttp_add_header(out, headers[i], headers[i + 1]);
-    if (body)
-        evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
-    c->started = tt_now_ms();
-    assert_int_equal(evhttp_make_request(c->conn, req, cmd, uri), 0);
+    tt_http_start(c, f->base, f->port, cmd, uri, headers, body, len);
     return c;
 }
 
@@ -276,47 +210,16 @@ static const char *header(http_call *c, const char *name) {
     return evhttp_find_header(&c->headers, name);
 }
 
-static void http_call_free(http_call *c) {
-    if (!c->used)
-        return;
-    if (c->conn)
-        evhttp_connection_free(c->conn);
-    evhttp_clear_headers(&c->headers);
-    if (c->body)
-        evbuffer_free(c->body);
-    free(c->text);
-    memset(c, 0, sizeof *c);
-}
-
 /* ---- fixture -------------------------------------------------------------- */
 
-static int group_setup(void **state) {
-    (void)state;
-    return tt_redis_start(&g_redis, NULL);
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&g_redis);
-    return 0;
-}
-
 static int setup(void **state) {
-    fx *f = calloc(1, sizeof *f);
-    if (f == NULL)
-        return -1;
-    if (tt_redis_int(&g_redis, "FLUSHALL") != 0 || (f->base = event_base_new()) == NULL) {
-        free(f);
-        return -1;
-    }
-    *state = f;
-    return 0;
+    return tt_fixture_setup(state, sizeof(fx), &g_redis);
 }
 
 static int teardown(void **state) {
     fx *f = *state;
     for (size_t i = 0; i < NCALLS; i++)
-        http_call_free(&f->calls[i]);
+        tt_http_call_free(&f->calls[i]);
     if (f->ticker)
         event_free(f->ticker);
     for (int i = 0; i < NWORKERS; i++)
@@ -332,8 +235,7 @@ static int teardown(void **state) {
     for (int i = 0; i < NWORKERS; i++)
         tempest_node_free(f->wnodes[i]);
     tempest_node_free(f->node);
-    event_base_free(f->base);
-    free(f);
+    tt_fixture_free(f);
     return 0;
 }
 
@@ -344,17 +246,11 @@ static void start_front_on(fx *f, const char *redis_url, const tempest_front_opt
     tempest_node_options no = node_opts(f, redis_url);
     f->node = tempest_node_new(f->base, &no, &err);
     assert_non_null(f->node);
-    tempest_front_options fo = options ? *options : (tempest_front_options){0};
-    fo.http = "127.0.0.1:0";
-    f->front = tempest_front_new(f->node, &fo, &err);
-    if (f->front == NULL)
-        fprintf(stderr, "tempest_front_new: %s\n", err.message);
-    assert_non_null(f->front);
-    f->port = tempest_front_port(f->front);
+    f->front = tt_front_new(f->node, options, &f->port);
     assert_true(f->port > 0 && f->port < 65536);
     assert_int_equal(tempest_front_pending(f->front), 0);
     if (wait_up)
-        assert_true(tt_run_until(f->base, node_up, f->node, WAIT_MS));
+        assert_true(tt_run_until(f->base, tt_node_up, f->node, WAIT_MS));
 }
 
 static void start_front(fx *f, const tempest_front_options *options) {
@@ -372,7 +268,7 @@ static void add_worker(fx *f, int i, const char *action, tempest_handler_fn *fn,
     assert_non_null(f->workers[i]);
     assert_int_equal(tempest_worker_on(f->workers[i], action, fn, f), 0);
     assert_int_equal(tempest_worker_start(f->workers[i]), 0);
-    assert_true(tt_run_until(f->base, node_up, f->wnodes[i], WAIT_MS));
+    assert_true(tt_run_until(f->base, tt_node_up, f->wnodes[i], WAIT_MS));
 }
 
 static void check_idle(fx *f) {
@@ -632,7 +528,7 @@ static void test_redis_unreachable_503(void **state) {
     char url[64];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", tt_free_port());
     start_front_on(f, url, NULL, false);
-    assert_true(tt_run_until(f->base, node_not_up, f->node, WAIT_MS));
+    assert_true(tt_run_until(f->base, tt_node_not_up, f->node, WAIT_MS));
     for (int i = 0; i < 3; i++) {
         http_call *c = http_get(f, "/down");
         assert_int_equal(c->status, 503);
@@ -898,5 +794,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_worker_started_later, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_restart, setup, teardown),
     };
-    return cmocka_run_group_tests_name("front", tests, group_setup, group_teardown);
+    tt_group_redis(&g_redis);
+    return cmocka_run_group_tests_name("front", tests, tt_group_setup, tt_group_teardown);
 }

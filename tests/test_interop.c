@@ -43,6 +43,8 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_node.h"
+#include "tt_http.h"
 
 #define WAIT_MS 5000
 #define MAX_CMDS 16
@@ -52,59 +54,10 @@ static tt_redis g_redis;
 
 /* ---- the HTTP client (evhttp, on the test's loop) ------------------------- */
 
-typedef struct http_call {
-    struct evhttp_connection *conn;
-    bool done;
-    int status;
-    struct evkeyvalq headers;
-    struct evbuffer *body;
-    char *text;
-} http_call;
-
-static void on_http_chunk(struct evhttp_request *req, void *arg) {
-    http_call *c = arg;
-    evbuffer_add_buffer(c->body, evhttp_request_get_input_buffer(req));
-}
-
-static void on_http_done(struct evhttp_request *req, void *arg) {
-    http_call *c = arg;
-    c->done = true;
-    if (req == NULL)
-        return;
-    c->status = evhttp_request_get_response_code(req);
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next)
-        evhttp_add_header(&c->headers, kv->key, kv->value);
-    evbuffer_add_buffer(c->body, evhttp_request_get_input_buffer(req));
-    size_t len = evbuffer_get_length(c->body);
-    if ((c->text = malloc(len + 1)) != NULL) {
-        evbuffer_copyout(c->body, c->text, len);
-        c->text[len] = '\0';
-    }
-}
+typedef tt_http_call http_call;
 
 static void http_start(http_call *c, struct event_base *base, int port, const char *uri) {
-    TAILQ_INIT(&c->headers);
-    c->body = evbuffer_new();
-    c->conn = evhttp_connection_base_new(base, NULL, "127.0.0.1", (ev_uint16_t)port);
-    assert_non_null(c->body);
-    assert_non_null(c->conn);
-    struct evhttp_request *req = evhttp_request_new(on_http_done, c);
-    assert_non_null(req);
-    evhttp_request_set_chunked_cb(req, on_http_chunk);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Host", "127.0.0.1");
-    assert_int_equal(evhttp_make_request(c->conn, req, EVHTTP_REQ_GET, uri), 0);
-}
-
-static void http_call_free(http_call *c) {
-    if (c->conn)
-        evhttp_connection_free(c->conn);
-    if (c->body) {
-        evhttp_clear_headers(&c->headers);
-        evbuffer_free(c->body);
-    }
-    free(c->text);
-    memset(c, 0, sizeof *c);
+    tt_http_start(c, base, port, EVHTTP_REQ_GET, uri, NULL, NULL, 0);
 }
 
 /* ---- a foreign worker: synchronous hiredis, as Ruby and Python do --------- */
@@ -369,29 +322,14 @@ static void on_log(int level, const char *message, void *arg) {
         fprintf(stderr, "  log: %s\n", message);
 }
 
-static int group_setup(void **state) {
-    (void)state;
-    return tt_redis_start(&g_redis, NULL);
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&g_redis);
-    return 0;
-}
-
 static int setup(void **state) {
-    fx *f = calloc(1, sizeof *f);
-    if (f == NULL)
+    if (tt_fixture_setup(state, sizeof(fx), &g_redis) != 0)
         return -1;
-    f->jobs = json_array();
-    if (tt_redis_int(&g_redis, "FLUSHALL") != 0 || (f->base = event_base_new()) == NULL ||
-        f->jobs == NULL) {
-        json_decref(f->jobs);
-        free(f);
+    fx *f = *state;
+    if ((f->jobs = json_array()) == NULL) {
+        tt_fixture_free(f);
         return -1;
     }
-    *state = f;
     return 0;
 }
 
@@ -401,7 +339,7 @@ static int teardown(void **state) {
         pthread_join(f->fw.thread, NULL);
     json_decref(f->fw.job);
     fake_listener_free(&f->fl);
-    http_call_free(&f->call);
+    tt_http_call_free(&f->call);
     tempest_worker_free(f->worker);
     tempest_front_free(f->front);
     tempest_node_free(f->node);
@@ -411,17 +349,13 @@ static int teardown(void **state) {
     return 0;
 }
 
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP;
-}
-
 static void start_node(fx *f) {
     tempest_error err = {0};
     tempest_node_options no = {
         .redis_url = g_redis.url, .reconnect_max_ms = 200, .log = on_log, .log_arg = f};
     f->node = tempest_node_new(f->base, &no, &err);
     assert_non_null(f->node);
-    assert_true(tt_run_until(f->base, node_up, f->node, WAIT_MS));
+    assert_true(tt_run_until(f->base, tt_node_up, f->node, WAIT_MS));
 }
 
 /* Worker handler: records the job, then answers as the job's url says. */
@@ -499,19 +433,23 @@ static bool call_done(void *arg) {
     return ((http_call *)arg)->done;
 }
 
+/* The C front on its node, and the foreign worker's thread started. */
+static void start_front_and_foreign_worker(fx *f) {
+    tempest_error err = {0};
+    start_node(f);
+    f->front = tempest_front_new(f->node, &(tempest_front_options){.http = "127.0.0.1:0"}, &err);
+    assert_non_null(f->front);
+    f->fw.redis_port = g_redis.port;
+    assert_int_equal(pthread_create(&f->fw.thread, NULL, foreign_worker_main, &f->fw), 0);
+    f->fw.started = true;
+}
+
 /* ---- tests ---------------------------------------------------------------- */
 
 /* (a) A C front answered by a foreign worker. */
 static void test_foreign_worker_answers_c_front(void **state) {
     fx *f = *state;
-    tempest_error err = {0};
-    start_node(f);
-    f->front = tempest_front_new(f->node, &(tempest_front_options){.http = "127.0.0.1:0"}, &err);
-    assert_non_null(f->front);
-
-    f->fw.redis_port = g_redis.port;
-    assert_int_equal(pthread_create(&f->fw.thread, NULL, foreign_worker_main, &f->fw), 0);
-    f->fw.started = true;
+    start_front_and_foreign_worker(f);
     http_start(&f->call, f->base, tempest_front_port(f->front), "/from/c?q=1");
     assert_true(tt_run_until(f->base, call_done, &f->call, WAIT_MS * 2));
     assert_true(tt_run_until(f->base, fw_finished, &f->fw, WAIT_MS));
@@ -553,13 +491,7 @@ static bool handled_two(void *arg) {
  * once instead of waiting for the timeout. */
 static void test_foreign_worker_bad_answer(void **state) {
     fx *f = *state;
-    tempest_error err = {0};
-    start_node(f);
-    f->front = tempest_front_new(f->node, &(tempest_front_options){.http = "127.0.0.1:0"}, &err);
-    assert_non_null(f->front);
-    f->fw.redis_port = g_redis.port;
-    assert_int_equal(pthread_create(&f->fw.thread, NULL, foreign_worker_main, &f->fw), 0);
-    f->fw.started = true;
+    start_front_and_foreign_worker(f);
     long long t0 = tt_now_ms();
     http_start(&f->call, f->base, tempest_front_port(f->front), "/badjson");
     assert_true(tt_run_until(f->base, call_done, &f->call, WAIT_MS * 2));
@@ -671,5 +603,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_c_worker_answers_foreign_front, setup, teardown),
         cmocka_unit_test_setup_teardown(test_c_worker_streams_to_foreign_front, setup, teardown),
     };
-    return cmocka_run_group_tests_name("interop", tests, group_setup, group_teardown);
+    tt_group_redis(&g_redis);
+    return cmocka_run_group_tests_name("interop", tests, tt_group_setup, tt_group_teardown);
 }

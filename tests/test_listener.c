@@ -36,6 +36,8 @@
 
 #include <tempest/tempest.h>
 
+#include "harness.h"
+#include "tt_proc.h"
 #include "listener.h"
 
 #define LIT(s) (s), (sizeof(s) - 1)
@@ -1227,63 +1229,23 @@ static void test_bind_errors(void **state) {
 
 /* ---- redis-cli -------------------------------------------------------- */
 
-struct child {
-    pid_t pid;
-    int status;
-};
-
-static bool child_exited(void *arg) {
-    struct child *c = arg;
-    return waitpid(c->pid, &c->status, WNOHANG) == c->pid;
-}
-
-/* Runs redis-cli with `args` against the listener; returns its output (free it). */
-static char *redis_cli(fixture *f, const char *const *args) {
-    int fds[2];
-    char port[16];
-    const char *argv[16] = {"redis-cli", "-h", "127.0.0.1", "-p", port};
-    int argc = 5;
-    snprintf(port, sizeof port, "%d", tp_listener_port(f->l));
-    for (; *args != NULL && argc < 15; args++)
-        argv[argc++] = *args;
-    assert_int_equal(pipe(fds), 0);
-    struct child ch = {.pid = fork()};
-    assert_true(ch.pid >= 0);
-    if (ch.pid == 0) {
-        dup2(fds[1], 1);
-        dup2(fds[1], 2);
-        close(fds[0]);
-        execvp("redis-cli", (char *const *)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    assert_true(run_until(f->base, child_exited, &ch, 10000));
-    char *text = calloc(1, 4096);
-    ssize_t n = read(fds[0], text, 4095);
-    assert_true(n >= 0);
-    close(fds[0]);
-    return text;
-}
-
-static bool have_redis_cli(void) {
-    return system("command -v redis-cli >/dev/null 2>&1") == 0;
-}
-
 static void test_redis_cli(void **state) {
     fixture *f = *state;
-    if (!have_redis_cli())
+    if (!tt_have_redis_cli())
         skip();
-    char *out = redis_cli(f, (const char *const[]){"ping", NULL});
+    int port = tp_listener_port(f->l);
+    char *out = tt_redis_cli(f->base, port, (const char *const[]){"ping", NULL});
     assert_string_equal(out, "PONG\n");
     free(out);
-    out = redis_cli(f, (const char *const[]){"url", "42", "[200,{},\"x\"]", "MORE", NULL});
+    out = tt_redis_cli(f->base, port,
+                       (const char *const[]){"url", "42", "[200,{},\"x\"]", "MORE", NULL});
     assert_string_equal(out, "OK\n");
     free(out);
-    out = redis_cli(f, (const char *const[]){"info", "server", NULL});
+    out = tt_redis_cli(f->base, port, (const char *const[]){"info", "server", NULL});
     assert_non_null(strstr(out, "redis_version:7.0.0"));
     assert_non_null(strstr(out, "tempest_version:" TEMPEST_VERSION_STRING));
     free(out);
-    out = redis_cli(f, (const char *const[]){"-n", "3", "echo", "hi", NULL});
+    out = tt_redis_cli(f->base, port, (const char *const[]){"-n", "3", "echo", "hi", NULL});
     assert_string_equal(out, "hi\n");
     free(out);
     static const char log[] = "4|3:url|2:42|12:[200,{},\"x\"]|4:MORE\n";

@@ -26,89 +26,35 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_proc.h"
+#include "tt_node.h"
 
-typedef struct fixture {
-    tt_redis redis;
-    struct event_base *base;
-    tempest_node *node; /* reads the status; a producer */
-} fixture;
-
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP && tempest_node_id(arg) > 0;
-}
+typedef tt_node_fixture fixture; /* its node reads the status; a producer */
 
 static tempest_node *new_node(fixture *f, const char *ns, int heartbeat_ms) {
     tempest_node_options o = {
         .redis_url = f->redis.url, .namespace = ns, .heartbeat_ms = heartbeat_ms};
     tempest_node *n = tempest_node_new(f->base, &o, NULL);
     assert_non_null(n);
-    assert_true(tt_run_until(f->base, node_up, n, 3000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, n, 3000));
     return n;
 }
 
 static int setup(void **state) {
-    static fixture f;
-    memset(&f, 0, sizeof f);
-    if (tt_redis_start(&f.redis, NULL) != 0)
-        return -1;
-    f.base = event_base_new();
-    tempest_node_options o = {.redis_url = f.redis.url, .heartbeat_ms = 50};
-    f.node = tempest_node_new(f.base, &o, NULL);
-    if (f.node == NULL || !tt_run_until(f.base, node_up, f.node, 3000))
-        return -1;
-    *state = &f;
-    return 0;
-}
-
-static int teardown(void **state) {
-    fixture *f = *state;
-    tempest_node_free(f->node);
-    event_base_free(f->base);
-    tt_redis_stop(&f->redis);
-    return 0;
+    return tt_node_setup(state, (tempest_node_options){.heartbeat_ms = 50}, tt_node_up_with_id);
 }
 
 /* ---- reading the status ------------------------------------------------ */
 
-typedef struct reading {
-    bool done;
-    int status, calls;
-    json_t *snap;
-} reading;
-
-static void on_status(tempest_node *node, int status, json_t *snapshot, void *arg) {
-    (void)node;
-    reading *r = arg;
-    r->done = true;
-    r->calls++;
-    r->status = status;
-    r->snap = json_incref(snapshot);
-}
-
-static bool reading_done(void *arg) {
-    return ((reading *)arg)->done;
-}
-
 /* A fresh snapshot of `ns` (NULL: the reader's); the caller decrefs it. */
 static json_t *status_of(fixture *f, const char *ns) {
-    reading r = {0};
-    assert_int_equal(tempest_cluster_status(f->node, ns, on_status, &r), 0);
-    assert_true(tt_run_until(f->base, reading_done, &r, 2000));
+    tt_status r = {0};
+    assert_int_equal(tempest_cluster_status(f->node, ns, tt_on_status, &r), 0);
+    assert_true(tt_run_until(f->base, tt_status_done, &r, 2000));
     assert_int_equal(r.status, 0);
     assert_non_null(r.snap);
     assert_int_equal(r.calls, 1);
     return r.snap;
-}
-
-/* The record of node `id` in the snapshot, or NULL. */
-static json_t *record_of(json_t *snap, long long id) {
-    size_t i;
-    json_t *n;
-    json_array_foreach(json_object_get(snap, "nodes"), i, n) {
-        if (json_integer_value(json_object_get(n, "id")) == id)
-            return n;
-    }
-    return NULL;
 }
 
 static long long stat_of(json_t *rec, const char *role, const char *name) {
@@ -192,8 +138,8 @@ static void test_roles_queues_services(void **state) {
 
     json_t *snap = status_of(f, NULL);
     assert_string_equal(json_string_value(json_object_get(snap, "namespace")), "default");
-    json_t *wrec = record_of(snap, tempest_node_id(wn));
-    json_t *prec = record_of(snap, tempest_node_id(f->node));
+    json_t *wrec = tt_snapshot_node(snap, tempest_node_id(wn));
+    json_t *prec = tt_snapshot_node(snap, tempest_node_id(f->node));
     assert_non_null(wrec);
     assert_non_null(prec);
     assert_true(has_role(wrec, "worker") && has_role(wrec, "responder"));
@@ -232,7 +178,7 @@ static void test_roles_queues_services(void **state) {
     assert_int_equal(json_integer_value(json_object_get(q, "ready")), 0);
     assert_int_equal(json_integer_value(json_object_get(q, "processing")), 0);
     assert_int_equal(json_integer_value(json_object_get(q, "dead")), 1);
-    assert_int_equal(stat_of(record_of(snap, tempest_node_id(wn)), "worker", "jobs"), 3);
+    assert_int_equal(stat_of(tt_snapshot_node(snap, tempest_node_id(wn)), "worker", "jobs"), 3);
     json_decref(snap);
 
     /* A freed node leaves at once, not after its TTL; its responder too. */
@@ -243,10 +189,10 @@ static void test_roles_queues_services(void **state) {
     tempest_node_free(wn);
     tt_run_for(f->base, 60);
     snap = status_of(f, NULL);
-    assert_null(record_of(snap, wid));
+    assert_null(tt_snapshot_node(snap, wid));
     svc = tt_json_named(snap, "services", "service", "echo");
     assert_true(svc == NULL || json_array_size(json_object_get(svc, "responders")) == 0);
-    prec = record_of(snap, tempest_node_id(f->node));
+    prec = tt_snapshot_node(snap, tempest_node_id(f->node));
     assert_non_null(prec);
     assert_false(has_role(prec, "requester")); /* the role left with its handle */
     json_decref(snap);
@@ -262,9 +208,9 @@ static void test_namespaces(void **state) {
     tt_run_for(f->base, 150);
     json_t *mine = status_of(f, NULL);
     json_t *blue = status_of(f, "blue");
-    assert_null(record_of(mine, tempest_node_id(other)));
+    assert_null(tt_snapshot_node(mine, tempest_node_id(other)));
     assert_null(tt_json_named(mine, "services", "service", "paint"));
-    json_t *rec = record_of(blue, tempest_node_id(other));
+    json_t *rec = tt_snapshot_node(blue, tempest_node_id(other));
     assert_non_null(rec);
     assert_string_equal(json_string_value(json_object_get(rec, "namespace")), "blue");
     json_t *svc = tt_json_named(blue, "services", "service", "paint");
@@ -298,19 +244,14 @@ static void child_run(const char *url, int fd) {
 
 static void test_sigkill_expires(void **state) {
     fixture *f = *state;
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0)
-        child_run(f->redis.url, fds[1]);
-    close(fds[1]);
+    int rfd;
+    pid_t pid = tt_fork_piped(child_run, f->redis.url, &rfd);
     long long id = 0;
-    assert_int_equal(read(fds[0], &id, sizeof id), (ssize_t)sizeof id);
-    close(fds[0]);
+    assert_int_equal(read(rfd, &id, sizeof id), (ssize_t)sizeof id);
+    close(rfd);
     tt_run_for(f->base, 300);
     json_t *snap = status_of(f, NULL);
-    assert_non_null(record_of(snap, id));
+    assert_non_null(tt_snapshot_node(snap, id));
     json_decref(snap);
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
@@ -318,7 +259,7 @@ static void test_sigkill_expires(void **state) {
     long long gone_after = -1;
     while (tt_now_ms() - killed < 3000) {
         snap = status_of(f, NULL);
-        bool gone = record_of(snap, id) == NULL;
+        bool gone = tt_snapshot_node(snap, id) == NULL;
         json_decref(snap);
         if (gone) {
             gone_after = tt_now_ms() - killed;
@@ -333,11 +274,11 @@ static void test_sigkill_expires(void **state) {
 
 static void test_bad_arguments(void **state) {
     fixture *f = *state;
-    reading r = {0};
-    assert_int_equal(tempest_cluster_status(NULL, NULL, on_status, &r), TEMPEST_EINVAL);
+    tt_status r = {0};
+    assert_int_equal(tempest_cluster_status(NULL, NULL, tt_on_status, &r), TEMPEST_EINVAL);
     assert_int_equal(tempest_cluster_status(f->node, NULL, NULL, &r), TEMPEST_EINVAL);
-    assert_int_equal(tempest_cluster_status(f->node, "a b", on_status, &r), TEMPEST_EINVAL);
-    assert_int_equal(tempest_cluster_status(f->node, "*", on_status, &r), TEMPEST_EINVAL);
+    assert_int_equal(tempest_cluster_status(f->node, "a b", tt_on_status, &r), TEMPEST_EINVAL);
+    assert_int_equal(tempest_cluster_status(f->node, "*", tt_on_status, &r), TEMPEST_EINVAL);
     assert_false(r.done);
     tempest_error err;
     tempest_node_options o = {.redis_url = f->redis.url, .namespace = "no\nway"};
@@ -349,7 +290,7 @@ static void test_bad_arguments(void **state) {
     tt_redis_int(&f->redis, "ZADD tempest:default:nodes 99999999999999 777");
     tt_redis_int(&f->redis, "HSET tempest:default:nodes:records 777 %s", "{oops");
     json_t *snap = status_of(f, NULL);
-    assert_null(record_of(snap, 777));
+    assert_null(tt_snapshot_node(snap, 777));
     json_decref(snap);
     tt_redis_int(&f->redis, "ZREM tempest:default:nodes 777");
 }
@@ -357,8 +298,8 @@ static void test_bad_arguments(void **state) {
 static void test_freed_while_reading(void **state) {
     fixture *f = *state;
     tempest_node *n = new_node(f, NULL, 0);
-    reading r = {0};
-    assert_int_equal(tempest_cluster_status(n, NULL, on_status, &r), 0);
+    tt_status r = {0};
+    assert_int_equal(tempest_cluster_status(n, NULL, tt_on_status, &r), 0);
     tempest_node_free(n); /* before the reply */
     assert_true(r.done);
     assert_int_equal(r.calls, 1);
@@ -375,5 +316,5 @@ int main(void) {
         cmocka_unit_test(test_sigkill_expires),       cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_freed_while_reading),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, tt_node_teardown);
 }

@@ -15,31 +15,12 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_node.h"
 
-typedef struct fixture {
-    tt_redis redis;
-    struct event_base *base;
-} fixture;
+typedef tt_node_fixture fixture; /* no node: the tests make theirs */
 
 static int setup(void **state) {
-    static fixture f;
-    memset(&f, 0, sizeof f);
-    if (tt_redis_start(&f.redis, NULL) != 0)
-        return -1;
-    f.base = event_base_new();
-    *state = &f;
-    return 0;
-}
-
-static int teardown(void **state) {
-    fixture *f = *state;
-    event_base_free(f->base);
-    tt_redis_stop(&f->redis);
-    return 0;
-}
-
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP && tempest_node_id(arg) > 0;
+    return tt_node_setup(state, (tempest_node_options){0}, NULL);
 }
 
 static tempest_node *connect_node(fixture *f, const char *url) {
@@ -54,8 +35,8 @@ static void test_connect_and_ids(void **state) {
     fixture *f = *state;
     tempest_node *a = connect_node(f, f->redis.url);
     tempest_node *b = connect_node(f, f->redis.url);
-    assert_true(tt_run_until(f->base, node_up, a, 3000));
-    assert_true(tt_run_until(f->base, node_up, b, 3000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, a, 3000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, b, 3000));
     assert_int_not_equal(tempest_node_id(a), tempest_node_id(b));
     assert_null(tempest_node_address(a));
     assert_int_equal(tempest_node_listen(a), 0);
@@ -114,10 +95,6 @@ static void test_down_fails_fast(void **state) {
     tempest_node_free(node);
 }
 
-static bool node_down(void *arg) {
-    return tempest_node_state(arg) != TEMPEST_NODE_UP;
-}
-
 static void test_reconnect_after_restart(void **state) {
     fixture *f = *state;
     memset(states, 0, sizeof states);
@@ -126,12 +103,12 @@ static void test_reconnect_after_restart(void **state) {
                               .reconnect_max_ms = 100,
                               .on_state = count_state};
     tempest_node *node = tempest_node_new(f->base, &o, NULL);
-    assert_true(tt_run_until(f->base, node_up, node, 3000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, node, 3000));
     long long id = tempest_node_id(node);
     tt_redis_kill(&f->redis);
-    assert_true(tt_run_until(f->base, node_down, node, 3000));
+    assert_true(tt_run_until(f->base, tt_node_not_up, node, 3000));
     assert_int_equal(tt_redis_restart(&f->redis, NULL), 0);
-    assert_true(tt_run_until(f->base, node_up, node, 5000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, node, 5000));
     assert_int_equal(tempest_node_id(node), id); /* the id is kept */
     assert_int_equal(states[TEMPEST_NODE_UP], 2);
     assert_true(states[TEMPEST_NODE_DOWN] >= 1);
@@ -154,7 +131,7 @@ static void test_auth(void **state) {
         snprintf(url, sizeof url, forms[i], r.port);
         tempest_node_options o = {.redis_url = url};
         tempest_node *node = tempest_node_new(base, &o, NULL);
-        assert_true(tt_run_until(base, node_up, node, 3000));
+        assert_true(tt_run_until(base, tt_node_up_with_id, node, 3000));
         tempest_node_free(node);
     }
     snprintf(url, sizeof url, "redis://:wrong@127.0.0.1:%d", r.port);
@@ -181,7 +158,7 @@ static void expect_cancel(tempest_node *node, long long id, int status, json_t *
 static void test_free_cancels_pending(void **state) {
     fixture *f = *state;
     tempest_node *node = connect_node(f, f->redis.url);
-    assert_true(tt_run_until(f->base, node_up, node, 3000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, node, 3000));
     cancelled = 0;
     for (int i = 0; i < 3; i++)
         assert_true(tempest_work(node, "nobody", "x", NULL, NULL, expect_cancel, NULL) > 0);
@@ -211,7 +188,7 @@ static bool one_freed(void *arg) {
 static void test_free_inside_callback(void **state) {
     fixture *f = *state;
     tempest_node *node = connect_node(f, f->redis.url);
-    assert_true(tt_run_until(f->base, node_up, node, 3000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, node, 3000));
     freed_in_callback = 0;
     tempest_work_options wo = {.timeout_ms = 100};
     assert_true(tempest_work(node, "nobody2", "x", NULL, &wo, free_on_timeout, NULL) > 0);
@@ -232,5 +209,5 @@ int main(void) {
         cmocka_unit_test(test_free_cancels_pending),
         cmocka_unit_test(test_free_inside_callback),
     };
-    return cmocka_run_group_tests_name("node", tests, setup, teardown);
+    return cmocka_run_group_tests_name("node", tests, setup, tt_node_teardown);
 }

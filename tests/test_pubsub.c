@@ -67,28 +67,8 @@ static void record(tempest_subscriber *sub, int what, const char *channel, const
     s->n++;
 }
 
-typedef struct want {
-    seen *s;
-    int n;
-} want;
-
-static bool has(void *arg) {
-    want *w = arg;
-    return w->s->n >= w->n;
-}
-
 static bool subscribed(void *arg) {
     return tempest_node_subscriptions(node) == (size_t)(intptr_t)arg;
-}
-
-static long long numsub(const char *channel) {
-    redisContext *c = redisConnect("127.0.0.1", redis.port);
-    redisReply *r = c ? redisCommand(c, "PUBSUB NUMSUB %s", channel) : NULL;
-    long long n =
-        r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 ? r->element[1]->integer : -1;
-    freeReplyObject(r);
-    redisFree(c);
-    return n;
 }
 
 typedef struct pubres {
@@ -111,20 +91,6 @@ static bool published(void *arg) {
     return ((pubres *)arg)->calls > 0;
 }
 
-static long long numsub(const char *channel);
-
-/* Redis itself reports `n` subscribers of the channel: the SUBSCRIBE or
- * UNSUBSCRIBE the node sent has been processed. */
-typedef struct want_numsub {
-    const char *channel;
-    long long n;
-} want_numsub;
-
-static bool numsub_is(void *arg) {
-    want_numsub *w = arg;
-    return numsub(w->channel) == w->n;
-}
-
 static void test_message_forms(void **state) {
     (void)state;
     seen s = {0};
@@ -140,8 +106,8 @@ static void test_message_forms(void **state) {
     assert_int_equal(tt_redis_int(&redis, "PUBLISH news %s", "[1,2,3]"), 1); /* malformed */
     assert_int_equal(tt_redis_int(&redis, "PUBLISH news %s", "not json"), 1);
     assert_int_equal(tempest_publish_end(pub, "news", NULL, NULL), 0);
-    want five = {&s, 5};
-    assert_true(tt_run_until(base, has, &five, 2000));
+    tt_count five = {&s.n, 5};
+    assert_true(tt_run_until(base, tt_count_reached, &five, 2000));
     assert_int_equal(s.what[0], TEMPEST_SUB_MESSAGE);
     assert_string_equal(s.channel[0], "news");
     assert_string_equal(s.event[0], "");
@@ -168,26 +134,27 @@ static void test_many_local_one_redis(void **state) {
         assert_int_equal(tempest_subscribe(subs[i], "crowd", false), 0); /* idempotent */
     }
     assert_true(tt_run_until(base, subscribed, (void *)1, 2000));
-    want_numsub one = {"crowd", 1}, none = {"crowd", 0};
-    assert_true(tt_run_until(base, numsub_is, &one, 2000));
+    tt_numsub one = {&redis, "crowd", 1}, none = {&redis, "crowd", 0};
+    assert_true(tt_run_until(base, tt_numsub_is, &one, 2000));
     tempest_publisher *pub = tempest_publisher_new(node, NULL, NULL);
     pubres r = {0};
     assert_int_equal(tempest_publish(pub, "crowd", NULL, "hi", on_published, &r), 0);
     assert_true(tt_run_until(base, published, &r, 2000));
     assert_int_equal(r.status, 0);
     assert_int_equal(r.receivers, 1); /* one Redis client: the node's */
-    want last = {&s[N - 1], 1};
-    assert_true(tt_run_until(base, has, &last, 2000));
+    tt_count last = {&s[N - 1].n, 1};
+    assert_true(tt_run_until(base, tt_count_reached, &last, 2000));
     for (int i = 0; i < N; i++)
         assert_int_equal(s[i].n, 1);
     for (int i = 0; i < N - 1; i++)
         assert_int_equal(tempest_unsubscribe(subs[i], "crowd", false), 0);
     tt_run_for(base, 50);
-    assert_int_equal(numsub("crowd"), 1); /* one local subscriber left: no UNSUBSCRIBE */
+    assert_int_equal(tt_redis_numsub(&redis, "crowd"),
+                     1); /* one local subscriber left: no UNSUBSCRIBE */
     assert_int_equal(tempest_unsubscribe(subs[N - 1], "crowd", false), 0);
     assert_int_equal(tempest_unsubscribe(subs[N - 1], "crowd", false), TEMPEST_EINVAL);
     assert_true(tt_run_until(base, subscribed, (void *)0, 2000));
-    assert_true(tt_run_until(base, numsub_is, &none, 2000));
+    assert_true(tt_run_until(base, tt_numsub_is, &none, 2000));
     for (int i = 0; i < N; i++)
         tempest_subscriber_free(subs[i]);
     tempest_publisher_free(pub);
@@ -200,8 +167,8 @@ static void test_patterns(void **state) {
     assert_int_equal(tempest_subscribe(sub, "room.*", true), 0);
     assert_true(tt_run_until(base, subscribed, (void *)1, 2000));
     assert_int_equal(tt_redis_int(&redis, "PUBLISH room.42 %s", "[\"x\"]"), 1);
-    want one = {&s, 1};
-    assert_true(tt_run_until(base, has, &one, 2000));
+    tt_count one = {&s.n, 1};
+    assert_true(tt_run_until(base, tt_count_reached, &one, 2000));
     assert_string_equal(s.channel[0], "room.42");
     assert_string_equal(s.data[0], "x");
     tempest_subscriber_free(sub);
@@ -233,13 +200,13 @@ static void test_interrupted_and_resubscribed(void **state) {
     assert_true(tt_run_until(base, subscribed, (void *)0, 3000));
     assert_int_equal(tt_redis_restart(&redis, NULL), 0);
     assert_true(tt_run_until(base, subscribed, (void *)2, 5000));
-    want one = {&s, 1};
-    assert_true(tt_run_until(base, has, &one, 2000));
+    tt_count one = {&s.n, 1};
+    assert_true(tt_run_until(base, tt_count_reached, &one, 2000));
     assert_int_equal(s.n, 1); /* once, though it has two channels */
     assert_int_equal(s.what[0], TEMPEST_SUB_INTERRUPTED);
     assert_int_equal(tt_redis_int(&redis, "PUBLISH b %s", "[\"after\"]"), 1);
-    want two = {&s, 2};
-    assert_true(tt_run_until(base, has, &two, 2000));
+    tt_count two = {&s.n, 2};
+    assert_true(tt_run_until(base, tt_count_reached, &two, 2000));
     assert_string_equal(s.data[1], "after");
     tempest_subscriber_free(sub);
 }
@@ -296,17 +263,6 @@ static void test_bad_arguments(void **state) {
     tempest_subscriber_free(NULL);
 }
 
-static int setup(void **state) {
-    (void)state;
-    return tt_redis_start(&redis, NULL);
-}
-
-static int teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&redis);
-    return 0;
-}
-
 int main(void) {
     tt_require_redis();
     const struct CMUnitTest tests[] = {
@@ -319,5 +275,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_free_in_callback, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_bad_arguments, each_setup, each_teardown),
     };
-    return cmocka_run_group_tests_name("pubsub", tests, setup, teardown);
+    tt_group_redis(&redis);
+    return cmocka_run_group_tests_name("pubsub", tests, tt_group_setup, tt_group_teardown);
 }

@@ -19,37 +19,12 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_node.h"
 
-typedef struct fixture {
-    tt_redis redis;
-    struct event_base *base;
-    tempest_node *node;
-} fixture;
-
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP;
-}
+typedef tt_node_fixture fixture;
 
 static int setup(void **state) {
-    static fixture f;
-    memset(&f, 0, sizeof f);
-    if (tt_redis_start(&f.redis, NULL) != 0)
-        return -1;
-    f.base = event_base_new();
-    tempest_node_options o = {.redis_url = f.redis.url};
-    f.node = tempest_node_new(f.base, &o, NULL);
-    if (f.node == NULL || !tt_run_until(f.base, node_up, f.node, 3000))
-        return -1;
-    *state = &f;
-    return 0;
-}
-
-static int teardown(void **state) {
-    fixture *f = *state;
-    tempest_node_free(f->node);
-    event_base_free(f->base);
-    tt_redis_stop(&f->redis);
-    return 0;
+    return tt_node_setup(state, (tempest_node_options){0}, tt_node_up);
 }
 
 /* Records every callback of a producer. */
@@ -643,5 +618,5 @@ int main(void) {
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_cancel_queued_final_answer),
     };
-    return cmocka_run_group_tests_name("queue", tests, setup, teardown);
+    return cmocka_run_group_tests_name("queue", tests, setup, tt_node_teardown);
 }

@@ -24,6 +24,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_node.h"
 
 typedef struct fixture {
     tt_redis redis;
@@ -33,27 +34,12 @@ typedef struct fixture {
 
 static fixture fx;
 
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP;
-}
-
-static int setup(void **state) {
-    (void)state;
-    return tt_redis_start(&fx.redis, NULL);
-}
-
-static int teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&fx.redis);
-    return 0;
-}
-
 static int each_setup(void **state) {
     (void)state;
     fx.base = event_base_new();
     tempest_node_options o = {.redis_url = fx.redis.url};
     fx.node = tempest_node_new(fx.base, &o, NULL);
-    if (fx.node == NULL || !tt_run_until(fx.base, node_up, fx.node, 3000))
+    if (fx.node == NULL || !tt_run_until(fx.base, tt_node_up, fx.node, 3000))
         return -1;
     return tt_redis_int(&fx.redis, "FLUSHALL") == 0 ? 0 : -1;
 }
@@ -96,16 +82,6 @@ static void hold(tempest_worker *w, tempest_job *job, void *arg) {
     h->jobs[h->n++] = job;
 }
 
-typedef struct want {
-    held *h;
-    int n;
-} want;
-
-static bool has_n(void *arg) {
-    want *w = arg;
-    return w->h->n >= w->n;
-}
-
 static void push(const char *queue, int n) {
     json_t *args = json_pack("[i]", n);
     assert_true(tempest_work(fx.node, queue, "x", args, NULL, NULL, NULL) > 0);
@@ -120,8 +96,8 @@ static void test_processing_and_ack(void **state) {
     tempest_worker_start(w);
     push("rq1", 1);
     push("rq1", 2);
-    want two = {&h, 2};
-    assert_true(tt_run_until(fx.base, has_n, &two, 3000));
+    tt_count two = {&h.n, 2};
+    assert_true(tt_run_until(fx.base, tt_count_reached, &two, 3000));
     const char *id = tempest_worker_id(w);
     assert_int_equal(strlen(id), 16);
     assert_int_equal(llen("LLEN {%s}:processing:%s", "rq1", id), 2);
@@ -156,8 +132,8 @@ static pid_t crashing_child(const char *queue) {
     tempest_worker *w = tempest_worker_new(node, &wo, NULL);
     tempest_worker_on(w, "x", hold, &h);
     tempest_worker_start(w);
-    want two = {&h, 2};
-    tt_run_until(base, has_n, &two, 5000);
+    tt_count two = {&h.n, 2};
+    tt_run_until(base, tt_count_reached, &two, 5000);
     tt_run_for(base, 50);
     raise(SIGKILL);
     _exit(1);
@@ -182,9 +158,9 @@ static void test_crashed_worker_jobs_requeued(void **state) {
     tempest_worker *w = worker("rq2", 2);
     tempest_worker_on(w, "x", hold, &h);
     tempest_worker_start(w);
-    want two = {&h, 2};
+    tt_count two = {&h.n, 2};
     long long t0 = tt_now_ms();
-    assert_true(tt_run_until(fx.base, has_n, &two, 5000));
+    assert_true(tt_run_until(fx.base, tt_count_reached, &two, 5000));
     assert_true(tt_now_ms() - t0 < 3000);
     assert_int_equal(h.order[0] + h.order[1], 3);
     assert_int_equal(llen("HLEN {%s}:attempts%s", "rq2", ""), 2);
@@ -294,8 +270,8 @@ static void test_priorities(void **state) {
     tempest_worker_on(w, "x", hold, &h);
     tempest_worker_start(w);
     for (int i = 0; i < 6; i++) {
-        want next = {&h, i + 1};
-        assert_true(tt_run_until(fx.base, has_n, &next, 3000));
+        tt_count next = {&h.n, i + 1};
+        assert_true(tt_run_until(fx.base, tt_count_reached, &next, 3000));
         assert_int_equal(tempest_job_queue_index(h.jobs[i]), h.order[i] > 100);
         if (i == 3) { /* arrives while low still has work: served first */
             push("high", 4);
@@ -303,8 +279,8 @@ static void test_priorities(void **state) {
         }
         tempest_job_done(h.jobs[i]);
     }
-    want seven = {&h, 7};
-    assert_true(tt_run_until(fx.base, has_n, &seven, 3000));
+    tt_count seven = {&h.n, 7};
+    assert_true(tt_run_until(fx.base, tt_count_reached, &seven, 3000));
     tempest_job_done(h.jobs[6]);
     /* high drains first; 4 arrives on high after 101 was taken and beats 102 */
     int expected[] = {1, 2, 3, 101, 4, 102, 103};
@@ -335,8 +311,8 @@ static void test_acks_out_of_order(void **state) {
     held h = {0};
     tempest_worker_on(w, "x", hold, &h);
     tempest_worker_start(w);
-    want all = {&h, 6};
-    assert_true(tt_run_until(fx.base, has_n, &all, 3000));
+    tt_count all = {&h.n, 6};
+    assert_true(tt_run_until(fx.base, tt_count_reached, &all, 3000));
     assert_int_equal(llen("LLEN {%s}:processing:%s", "rq6", tempest_worker_id(w)), 6);
     for (int i = 5; i >= 0; i -= 2) /* 6, 4, 2, then 5, 3, 1 */
         tempest_job_done(h.jobs[i]);
@@ -389,8 +365,8 @@ static void test_graceful_stop_requeues(void **state) {
     tempest_worker_start(w);
     push("rq5", 1);
     push("rq5", 2);
-    want two = {&h, 2};
-    assert_true(tt_run_until(fx.base, has_n, &two, 3000));
+    tt_count two = {&h.n, 2};
+    assert_true(tt_run_until(fx.base, tt_count_reached, &two, 3000));
     tempest_job_done(h.jobs[1]); /* one finishes, one is still in hand at stop */
     char alive[80];
     snprintf(alive, sizeof alive, "EXISTS {rq5}:alive:%s", tempest_worker_id(w));
@@ -416,8 +392,8 @@ static void test_free_requeues(void **state) {
     tempest_worker_on(w, "x", hold, &h);
     tempest_worker_start(w);
     push("rq6", 1);
-    want one = {&h, 1};
-    assert_true(tt_run_until(fx.base, has_n, &one, 3000));
+    tt_count one = {&h.n, 1};
+    assert_true(tt_run_until(fx.base, tt_count_reached, &one, 3000));
     tempest_worker_free(w);
     tt_run_for(fx.base, 100);
     assert_int_equal(tt_redis_int(&fx.redis, "LLEN rq6"), 1);
@@ -432,13 +408,13 @@ static void test_script_flush(void **state) {
     tempest_worker_on(w, "x", hold, &h);
     tempest_worker_start(w);
     push("rq9", 1);
-    want one = {&h, 1};
-    assert_true(tt_run_until(fx.base, has_n, &one, 3000));
+    tt_count one = {&h.n, 1};
+    assert_true(tt_run_until(fx.base, tt_count_reached, &one, 3000));
     assert_int_equal(tt_redis_int(&fx.redis, "SCRIPT FLUSH"), 0);
     assert_int_equal(tempest_job_done(h.jobs[0]), 0);
     push("rq9", 2);
-    want two = {&h, 2};
-    assert_true(tt_run_until(fx.base, has_n, &two, 5000));
+    tt_count two = {&h.n, 2};
+    assert_true(tt_run_until(fx.base, tt_count_reached, &two, 5000));
     assert_int_equal(tempest_job_done(h.jobs[1]), 0);
     const char *id = tempest_worker_id(w);
     long long deadline = tt_now_ms() + 5000;
@@ -478,5 +454,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_script_flush, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_options_checked, each_setup, each_teardown),
     };
-    return cmocka_run_group_tests_name("reliable", tests, setup, teardown);
+    tt_group_redis(&fx.redis);
+    return cmocka_run_group_tests_name("reliable", tests, tt_group_setup, tt_group_teardown);
 }

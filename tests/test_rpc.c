@@ -28,6 +28,8 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_proc.h"
+#include "tt_node.h"
 #include "listener.h"
 #include "node.h"
 #include "redis.h"
@@ -120,43 +122,18 @@ static void test_deferred_orphan(void **state) {
 
 /* ---- fixture ----------------------------------------------------------- */
 
-typedef struct fixture {
-    tt_redis redis;
-    struct event_base *base;
-    tempest_node *node; /* the requesters' node */
-} fixture;
-
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP;
-}
+typedef tt_node_fixture fixture; /* its node is the requesters' */
 
 static tempest_node *new_node(fixture *f) {
     tempest_node *n =
         tempest_node_new(f->base, &(tempest_node_options){.redis_url = f->redis.url}, NULL);
     assert_non_null(n);
-    assert_true(tt_run_until(f->base, node_up, n, 3000));
+    assert_true(tt_run_until(f->base, tt_node_up, n, 3000));
     return n;
 }
 
 static int setup(void **state) {
-    static fixture f;
-    memset(&f, 0, sizeof f);
-    if (tt_redis_start(&f.redis, NULL) != 0)
-        return -1;
-    f.base = event_base_new();
-    f.node = tempest_node_new(f.base, &(tempest_node_options){.redis_url = f.redis.url}, NULL);
-    if (f.node == NULL || !tt_run_until(f.base, node_up, f.node, 3000))
-        return -1;
-    *state = &f;
-    return 0;
-}
-
-static int teardown(void **state) {
-    fixture *f = *state;
-    tempest_node_free(f->node);
-    event_base_free(f->base);
-    tt_redis_stop(&f->redis);
-    return 0;
+    return tt_node_setup(state, (tempest_node_options){0}, tt_node_up);
 }
 
 /* ---- responders -------------------------------------------------------- */
@@ -317,19 +294,9 @@ static long long send_i(tempest_requester *rq, tally *t, const char *type, int i
     return id;
 }
 
-typedef struct waiter {
-    tally *t;
-    int n;
-} waiter;
-
-static bool replies_reach(void *arg) {
-    waiter *w = arg;
-    return w->t->replies >= w->n;
-}
-
 static void wait_replies(fixture *f, tally *t, int n, int ms) {
-    waiter w = {t, n};
-    assert_true(tt_run_until(f->base, replies_reach, &w, ms));
+    tt_count w = {&t->replies, n};
+    assert_true(tt_run_until(f->base, tt_count_reached, &w, ms));
 }
 
 typedef struct live_wait {
@@ -547,7 +514,7 @@ static void child_run(const char *url, int wfd) {
             close(fd);
     struct event_base *b = event_base_new();
     tempest_node *n = tempest_node_new(b, &(tempest_node_options){.redis_url = url}, NULL);
-    if (n == NULL || !tt_run_until(b, node_up, n, 3000))
+    if (n == NULL || !tt_run_until(b, tt_node_up, n, 3000))
         _exit(2);
     server s = {.node = n, .index = 3, .delay_ms = 400};
     s.r = tempest_responder_new(
@@ -563,15 +530,10 @@ static void child_run(const char *url, int wfd) {
 }
 
 static pid_t spawn_responder(fixture *f, char *addr, size_t len) {
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0)
-        child_run(f->redis.url, fds[1]);
-    close(fds[1]);
-    ssize_t n = read(fds[0], addr, len - 1);
-    close(fds[0]);
+    int rfd;
+    pid_t pid = tt_fork_piped(child_run, f->redis.url, &rfd);
+    ssize_t n = read(rfd, addr, len - 1);
+    close(rfd);
     assert_true(n > 0);
     addr[n] = '\0';
     return pid;
@@ -836,8 +798,8 @@ static void test_secret(void **state) {
     tempest_node_options o = {.redis_url = f->redis.url, .secret = "s3cret"};
     tempest_node *rn = tempest_node_new(f->base, &o, NULL);
     tempest_node *qn = tempest_node_new(f->base, &o, NULL);
-    assert_true(tt_run_until(f->base, node_up, rn, 3000) &&
-                tt_run_until(f->base, node_up, qn, 3000));
+    assert_true(tt_run_until(f->base, tt_node_up, rn, 3000) &&
+                tt_run_until(f->base, tt_node_up, qn, 3000));
     server s = {.node = rn};
     s.r = tempest_responder_new(rn, &(tempest_responder_options){.service = "sec"}, NULL);
     assert_int_equal(tempest_responder_on(s.r, "echo", echo, &s), 0);
@@ -866,56 +828,21 @@ static void test_secret(void **state) {
 
 /* ---- redis-cli ------------------------------------------------------------ */
 
-typedef struct child {
-    pid_t pid;
-    int status;
-} child;
-
-static bool child_exited(void *arg) {
-    child *c = arg;
-    return waitpid(c->pid, &c->status, WNOHANG) == c->pid;
-}
-
-static char *redis_cli(fixture *f, int port, const char *const *args) {
-    int fds[2];
-    char p[16];
-    const char *argv[16] = {"redis-cli", "-h", "127.0.0.1", "-p", p};
-    int argc = 5;
-    snprintf(p, sizeof p, "%d", port);
-    for (; *args != NULL && argc < 15; args++)
-        argv[argc++] = *args;
-    assert_int_equal(pipe(fds), 0);
-    child ch = {.pid = fork()};
-    assert_true(ch.pid >= 0);
-    if (ch.pid == 0) {
-        dup2(fds[1], 1);
-        dup2(fds[1], 2);
-        close(fds[0]);
-        execvp("redis-cli", (char *const *)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    assert_true(tt_run_until(f->base, child_exited, &ch, 10000));
-    char *text = calloc(1, 4096);
-    assert_true(read(fds[0], text, 4095) >= 0);
-    close(fds[0]);
-    return text;
-}
-
 static void test_redis_cli(void **state) {
     fixture *f = *state;
-    if (system("command -v redis-cli >/dev/null 2>&1") != 0)
+    if (!tt_have_redis_cli())
         skip();
     server s = {0};
     start_server(f, &s, "cli", 2);
     int port = tp_listener_port(s.node->listener);
-    char *out = redis_cli(f, port, (const char *const[]){"RPC", "cli", "echo", "{\"i\":7}", NULL});
+    char *out =
+        tt_redis_cli(f->base, port, (const char *const[]){"RPC", "cli", "echo", "{\"i\":7}", NULL});
     assert_string_equal(out, "{\"i\":7,\"by\":2}\n");
     free(out);
-    out = redis_cli(f, port, (const char *const[]){"RPC", "cli", "echo", "{bad", NULL});
+    out = tt_redis_cli(f->base, port, (const char *const[]){"RPC", "cli", "echo", "{bad", NULL});
     assert_non_null(strstr(out, "ERR BADJSON"));
     free(out);
-    out = redis_cli(f, port, (const char *const[]){"RPC", "cli", "fail", "null", NULL});
+    out = tt_redis_cli(f->base, port, (const char *const[]){"RPC", "cli", "fail", "null", NULL});
     assert_non_null(strstr(out, "ERR NOT_FOUND no such thing"));
     free(out);
     assert_int_equal(s.served, 1);
@@ -1003,5 +930,5 @@ int main(void) {
         cmocka_unit_test(test_registry_and_leave),
         cmocka_unit_test(test_leave_announcement_lost),
     };
-    return failed | cmocka_run_group_tests_name("rpc", tests, setup, teardown);
+    return failed | cmocka_run_group_tests_name("rpc", tests, setup, tt_node_teardown);
 }

@@ -34,6 +34,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_node.h"
 #include "listener.h"
 
 #define LIT(s) (s), (sizeof(s) - 1)
@@ -255,36 +256,13 @@ typedef struct logbuf {
 
 static void on_log(int level, const char *message, void *arg) {
     logbuf *lb = arg;
-    int n = snprintf(lb->text + lb->len, sizeof lb->text - lb->len, "%d %s\n", level, message);
-    if (n > 0 && lb->len + (size_t)n < sizeof lb->text)
-        lb->len += (size_t)n;
+    tt_log_append(lb->text, sizeof lb->text, &lb->len, level, message);
 }
 
-typedef struct fixture {
-    tt_redis redis;
-    struct event_base *base;
-} fixture;
-
-static fixture g_fix;
+typedef tt_node_fixture fixture; /* no node: the tests make theirs */
 
 static int group_setup(void **state) {
-    memset(&g_fix, 0, sizeof g_fix);
-    if (tt_redis_start(&g_fix.redis, NULL) != 0)
-        return -1;
-    g_fix.base = event_base_new();
-    *state = &g_fix;
-    return g_fix.base != NULL ? 0 : -1;
-}
-
-static int group_teardown(void **state) {
-    fixture *f = *state;
-    event_base_free(f->base);
-    tt_redis_stop(&f->redis);
-    return 0;
-}
-
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP && tempest_node_id(arg) > 0;
+    return tt_node_setup(state, (tempest_node_options){0}, NULL);
 }
 
 /* A node that is up; `secret` as the option (NULL: environment). */
@@ -301,7 +279,7 @@ static tempest_node *up_node(struct event_base *base, const char *url, const cha
     if (node == NULL)
         print_error("tempest_node_new: %s\n", err.message);
     assert_non_null(node);
-    if (!tt_run_until(base, node_up, node, 5000)) {
+    if (!tt_run_until(base, tt_node_up_with_id, node, 5000)) {
         print_error("node not up: %s\n%s", tempest_node_errstr(node), lb ? lb->text : "");
         fail();
     }
@@ -958,5 +936,5 @@ int main(void) {
         cmocka_unit_test(test_requirepass),
         cmocka_unit_test(test_acl_user),
     };
-    return cmocka_run_group_tests_name("security", tests, group_setup, group_teardown);
+    return cmocka_run_group_tests_name("security", tests, group_setup, tt_node_teardown);
 }

@@ -21,6 +21,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_node.h"
 
 #define NSENTINELS 3
 #define MAX_JOBS 200000
@@ -137,26 +138,14 @@ static void print_log(int level, const char *message, void *arg) {
 }
 
 static tempest_node *sentinel_node_cb(fixture *f, const char *url, tempest_state_fn *on_state) {
-    tempest_node_options o = {.redis_url = url,
-                              .on_state = on_state,
-                              .connect_timeout_ms = 500,
-                              .reconnect_min_ms = 20,
-                              .reconnect_max_ms = 200,
-                              .log = print_log,
-                              .log_level = TEMPEST_LOG_INFO};
-    tempest_error err = {0};
-    tempest_node *node = tempest_node_new(f->base, &o, &err);
-    if (node == NULL)
-        fail_msg("tempest_node_new: %s", err.message);
-    return node;
+    tempest_node_options o = tt_node_options(url, print_log, NULL, TEMPEST_LOG_INFO);
+    o.connect_timeout_ms = 500;
+    o.on_state = on_state;
+    return tt_node_new(f->base, &o);
 }
 
 static tempest_node *sentinel_node(fixture *f, const char *url) {
     return sentinel_node_cb(f, url, NULL);
-}
-
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP && tempest_node_id(arg) > 0;
 }
 
 static bool node_not_up(void *arg) {
@@ -172,7 +161,7 @@ static void test_resolve_skips_dead_sentinels(void **state) {
     snprintf(url, sizeof url, "redis+sentinel://127.0.0.1:%d,%s", tt_free_port(),
              f->url + strlen("redis+sentinel://"));
     tempest_node *node = sentinel_node(f, url);
-    assert_true(tt_run_until(f->base, node_up, node, 5000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, node, 5000));
     assert_true(tempest_work(node, "sq0", "x", NULL, NULL, NULL, NULL) > 0);
     tt_run_for(f->base, 50);
     assert_int_equal(tt_redis_int(&f->master, "LLEN sq0"), 1);
@@ -244,13 +233,6 @@ static void on_answer(tempest_node *node, long long id, int status, json_t *answ
     fill(l);
 }
 
-static void h_echo(tempest_worker *w, tempest_job *job, void *arg) {
-    (void)w;
-    (void)arg;
-    if (tempest_job_answer(job, tempest_job_args(job), false) != 0)
-        fprintf(stderr, "h_echo: answer failed\n");
-}
-
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
@@ -279,9 +261,8 @@ typedef struct wait_promotion {
 
 static bool promoted(void *arg) {
     wait_promotion *p = arg;
-    if (tt_now_ms() < p->next)
+    if (!tt_every(&p->next, 100))
         return false;
-    p->next = tt_now_ms() + 100;
     p->port = sentinel_master_port(&p->f->sentinels[0]);
     return p->port == p->f->replica.port;
 }
@@ -292,12 +273,12 @@ static void test_failover_under_load(void **state) {
     assert_non_null(l.calls);
     l.node = sentinel_node(f, f->url);
     tempest_node *wnode = sentinel_node(f, f->url);
-    assert_true(tt_run_until(f->base, node_up, l.node, 5000));
-    assert_true(tt_run_until(f->base, node_up, wnode, 5000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, l.node, 5000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, wnode, 5000));
     tempest_worker_options wo = {.queue = "sq", .concurrency = 8, .block_timeout_ms = 200};
     tempest_worker *w = tempest_worker_new(wnode, &wo, NULL);
     assert_non_null(w);
-    assert_int_equal(tempest_worker_on(w, "echo", h_echo, NULL), 0);
+    assert_int_equal(tempest_worker_on(w, "echo", tt_echo, NULL), 0);
     assert_int_equal(tempest_worker_start(w), 0);
     struct event *tick = event_new(f->base, -1, EV_PERSIST, on_tick, &l);
     event_add(tick, &(struct timeval){0, 20000});
@@ -318,7 +299,7 @@ static void test_failover_under_load(void **state) {
     long long t_promoted = tt_now_ms() - t0;
     if (!ok)
         fail_msg("no promotion within 15 s (sentinel names port %d)", wp.port);
-    assert_true(tt_run_until(f->base, node_up, l.node, 10000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, l.node, 10000));
     long long t_node_up = tt_now_ms() - t0;
 
     /* The load carries on against the new master. */
@@ -410,7 +391,7 @@ static void test_demoted_master(void **state) {
     seen_readonly = seen_not_master = false;
     job_calls = 0;
     tempest_node *node = sentinel_node_cb(f, url, note_state);
-    assert_true(tt_run_until(f->base, node_up, node, 5000));
+    assert_true(tt_run_until(f->base, tt_node_up_with_id, node, 5000));
     assert_int_equal(tt_redis_int(&r, "REPLICAOF NO ONE"), 0);
     assert_int_equal(tt_redis_int(&m, "REPLICAOF 127.0.0.1 %d", r.port), 0);
     tempest_work_options wo = {.timeout_ms = 2000};

@@ -66,22 +66,9 @@ static bool outcome_in(void *arg) {
 
 /* ---- Redis as the Ruby code reads it ------------------------------------ */
 
-static redisReply *admin(const char *fmt, ...) {
-    redisContext *c = redisConnect("127.0.0.1", g_redis.port);
-    assert_non_null(c);
-    assert_int_equal(c->err, 0);
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(c, fmt, ap);
-    va_end(ap);
-    redisFree(c);
-    assert_non_null(r);
-    return r;
-}
-
 /* HGET session:<sid> <field> as a string ("(nil)" when missing). */
 static void raw_field(const char *sid, const char *field, char *out, size_t len) {
-    redisReply *r = admin("HGET session:%s %s", sid, field);
+    redisReply *r = tt_redis_command(&g_redis, "HGET session:%s %s", sid, field);
     snprintf(out, len, "%s", r->type == REDIS_REPLY_STRING ? r->str : "(nil)");
     freeReplyObject(r);
 }
@@ -107,26 +94,8 @@ static void h_url(tempest_worker *w, tempest_job *job, void *arg) {
     json_decref(a);
 }
 
-static int group_setup(void **state) {
-    (void)state;
-    return tt_redis_start(&g_redis, NULL);
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&g_redis);
-    return 0;
-}
-
 static int setup(void **state) {
-    fx *f = calloc(1, sizeof *f);
-    if (f == NULL || tt_redis_int(&g_redis, "FLUSHALL") != 0 ||
-        (f->base = event_base_new()) == NULL) {
-        free(f);
-        return -1;
-    }
-    *state = f;
-    return 0;
+    return tt_fixture_setup(state, sizeof(fx), &g_redis);
 }
 
 static int teardown(void **state) {
@@ -135,8 +104,7 @@ static int teardown(void **state) {
     tempest_front_free(f->front);
     tempest_node_free(f->wnode);
     tempest_node_free(f->node);
-    event_base_free(f->base);
-    free(f);
+    tt_fixture_free(f);
     return 0;
 }
 
@@ -253,8 +221,8 @@ static void test_cookie_reused(void **state) {
     assert_string_equal(f->sid, sid);
     tt_http_clear(&r);
     /* Each use refreshes the hash's idle TTL. */
-    freeReplyObject(admin("HSET session:%s k [1]", sid));
-    freeReplyObject(admin("PEXPIRE session:%s 100000", sid));
+    freeReplyObject(tt_redis_command(&g_redis, "HSET session:%s k [1]", sid));
+    freeReplyObject(tt_redis_command(&g_redis, "PEXPIRE session:%s 100000", sid));
     get(f, "/again", cookie, &r);
     tt_http_clear(&r);
     tt_run_for(f->base, 100); /* the refresh is not waited for */
@@ -428,10 +396,10 @@ static void test_round_trips(void **state) {
     expect_get(f, job, "s", "\"caf\xc3\xa9 \\\"q\\\"\"");
     expect_get(f, job, "i", "42");
     /* What Ruby writes, the worker reads. */
-    freeReplyObject(admin("HSET session:%s ruby %s", sid, "[{\"x\":[true]}]"));
+    freeReplyObject(tt_redis_command(&g_redis, "HSET session:%s ruby %s", sid, "[{\"x\":[true]}]"));
     expect_get(f, job, "ruby", "{\"x\":[true]}");
     /* A stored value that is not `[value]`. */
-    freeReplyObject(admin("HSET session:%s bad %s", sid, "42"));
+    freeReplyObject(tt_redis_command(&g_redis, "HSET session:%s bad %s", sid, "42"));
     outcome o = {0};
     assert_int_equal(tempest_session_get(job, "bad", on_outcome, &o), 0);
     wait_outcome(f, &o);
@@ -570,5 +538,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_outlived, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_ttl, setup, teardown),
     };
-    return cmocka_run_group_tests_name("session", tests, group_setup, group_teardown);
+    tt_group_redis(&g_redis);
+    return cmocka_run_group_tests_name("session", tests, tt_group_setup, tt_group_teardown);
 }

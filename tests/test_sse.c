@@ -33,7 +33,9 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
-#include "internal.h"
+#include "tt_proc.h"
+#include "tt_chaos.h"
+#include "tt_node.h"
 
 #define WAIT_MS 5000
 #define MANY 1000
@@ -91,45 +93,16 @@ static void on_log(int level, const char *message, void *arg) {
         fprintf(stderr, "  log: %s\n", message);
 }
 
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP;
-}
-
-static long long numsub(const char *channel) {
-    redisContext *c = redisConnect("127.0.0.1", g_redis.port);
-    redisReply *r = c && !c->err ? redisCommand(c, "PUBSUB NUMSUB %s", channel) : NULL;
-    long long n =
-        r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 ? r->element[1]->integer : -1;
-    freeReplyObject(r);
-    redisFree(c);
-    return n;
-}
-
-typedef struct numsub_want {
-    const char *channel;
-    long long n;
-} numsub_want;
-
-static bool numsub_is(void *arg) {
-    numsub_want *w = arg;
-    return numsub(w->channel) == w->n;
-}
-
 static void wait_numsub(fx *f, const char *channel, long long n) {
-    numsub_want w = {channel, n};
-    assert_true(tt_run_until(f->base, numsub_is, &w, WAIT_MS));
+    tt_numsub w = {&g_redis, channel, n};
+    assert_true(tt_run_until(f->base, tt_numsub_is, &w, WAIT_MS));
 }
 
 /* A plain PUBLISH, as redis-cli or any other Redis client sends it. */
 static void plain_publish(const char *channel, const char *payload) {
-    redisContext *c = redisConnect("127.0.0.1", g_redis.port);
-    assert_non_null(c);
-    assert_int_equal(c->err, 0);
-    redisReply *r = redisCommand(c, "PUBLISH %s %s", channel, payload);
-    assert_non_null(r);
+    redisReply *r = tt_redis_command(&g_redis, "PUBLISH %s %s", channel, payload);
     assert_int_equal(r->type, REDIS_REPLY_INTEGER);
     freeReplyObject(r);
-    redisFree(c);
 }
 
 static bool streams_are(fx *f, size_t n) {
@@ -359,19 +332,9 @@ static client *client_stream(fx *f, const char *path, const char *extra) {
     return c;
 }
 
-typedef struct events_want {
-    client *c;
-    int n;
-} events_want;
-
-static bool has_events(void *arg) {
-    events_want *w = arg;
-    return w->c->events >= w->n;
-}
-
 static void wait_events(fx *f, client *c, int n) {
-    events_want w = {c, n};
-    assert_true(tt_run_until(f->base, has_events, &w, WAIT_MS));
+    tt_count w = {&c->events, n};
+    assert_true(tt_run_until(f->base, tt_count_reached, &w, WAIT_MS));
 }
 
 static bool client_ended(void *arg) {
@@ -430,31 +393,16 @@ static void publish(fx *f, const char *channel, const char *event, const char *d
 /* ---- fixture -------------------------------------------------------------- */
 
 static int group_setup(void **state) {
-    (void)state;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    return tt_redis_start(&g_redis, NULL);
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&g_redis);
-    return 0;
+    return tt_group_setup(state);
 }
 
 static int setup(void **state) {
-    fx *f = calloc(1, sizeof *f);
-    if (f == NULL)
-        return -1;
-    if (tt_redis_int(&g_redis, "FLUSHALL") != 0 || (f->base = event_base_new()) == NULL) {
-        free(f);
-        return -1;
-    }
-    *state = f;
-    return 0;
+    return tt_fixture_setup(state, sizeof(fx), &g_redis);
 }
 
 static int teardown(void **state) {
@@ -462,29 +410,17 @@ static int teardown(void **state) {
     tempest_publisher_free(f->pub);
     tempest_front_free(f->front);
     tempest_node_free(f->node);
-    event_base_free(f->base);
-    free(f);
+    tt_fixture_free(f);
     return 0;
 }
 
 static void start_front(fx *f, const tempest_front_options *options) {
     tempest_error err = {0};
-    tempest_node_options no = {.redis_url = g_redis.url,
-                               .connect_timeout_ms = 1000,
-                               .reconnect_min_ms = 20,
-                               .reconnect_max_ms = 200,
-                               .log = on_log,
-                               .log_level = TEMPEST_LOG_DEBUG};
+    tempest_node_options no = tt_node_options(g_redis.url, on_log, NULL, TEMPEST_LOG_DEBUG);
     f->node = tempest_node_new(f->base, &no, &err);
     assert_non_null(f->node);
-    tempest_front_options fo = options ? *options : (tempest_front_options){0};
-    fo.http = "127.0.0.1:0";
-    f->front = tempest_front_new(f->node, &fo, &err);
-    if (f->front == NULL)
-        fprintf(stderr, "tempest_front_new: %s\n", err.message);
-    assert_non_null(f->front);
-    f->port = tempest_front_port(f->front);
-    assert_true(tt_run_until(f->base, node_up, f->node, WAIT_MS));
+    f->front = tt_front_new(f->node, options, &f->port);
+    assert_true(tt_run_until(f->base, tt_node_up, f->node, WAIT_MS));
 }
 
 /* ---- the event format ----------------------------------------------------- */
@@ -499,10 +435,6 @@ static void plain_and_wait(fx *f, client *c, const char *payload) {
     int n = c->events;
     plain_publish("test", payload);
     wait_events(f, c, n + 1);
-}
-
-static bool have_redis_cli(void) {
-    return system("command -v redis-cli >/dev/null 2>&1") == 0;
 }
 
 static void test_wire_bytes(void **state) {
@@ -529,7 +461,7 @@ static void test_wire_bytes(void **state) {
     plain_and_wait(f, c, "[\"ev\", \"two\\nlines\"]");
     plain_and_wait(f, c, "not json");
     plain_and_wait(f, c, "[1,2,3]");
-    bool cli = have_redis_cli();
+    bool cli = tt_have_redis_cli();
     if (cli) {
         char cmd[256];
         int n = c->events;
@@ -643,7 +575,7 @@ static void test_thousand_clients(void **state) {
         assert_int_equal(m->c[i]->events, MANY_MESSAGES);
         assert_string_equal(m->c[i]->body, want);
     }
-    assert_int_equal(numsub("crowd"), 1);
+    assert_int_equal(tt_redis_numsub(&g_redis, "crowd"), 1);
 
     for (int i = 0; i < MANY; i++)
         client_shut(m->c[i]);
@@ -671,7 +603,7 @@ static void test_leave_one_channel(void **state) {
     client_shut(b);
     assert_true(tt_run_until(f->base, no_streams, f, 200) == false);
     assert_int_equal(tempest_front_streams(f->front), 1);
-    assert_int_equal(numsub("two"), 1);
+    assert_int_equal(tt_redis_numsub(&g_redis, "two"), 1);
     publish(f, "two", NULL, "still here");
     wait_events(f, b2, 1);
     assert_string_equal(b2->rec[0], "||still here");
@@ -682,27 +614,17 @@ static void test_leave_one_channel(void **state) {
 
 /* ---- keep-alive, caps, CORS, errors --------------------------------------- */
 
-typedef struct ka_want {
-    client *c;
-    int n;
-} ka_want;
-
-static bool has_keepalives(void *arg) {
-    ka_want *w = arg;
-    return w->c->keepalives >= w->n;
-}
-
 static void test_keepalive(void **state) {
     fx *f = *state;
     /* An io timeout shorter than the test: the stream must outlive it. */
     start_front(f, &(tempest_front_options){.sse_keepalive_ms = 200, .io_timeout_ms = 300});
     client *c = client_stream(f, "/sub/quiet", NULL);
     long long t0 = tt_now_ms();
-    ka_want w = {c, 1};
-    assert_true(tt_run_until(f->base, has_keepalives, &w, 2000));
+    tt_count w = {&c->keepalives, 1};
+    assert_true(tt_run_until(f->base, tt_count_reached, &w, 2000));
     assert_true(tt_now_ms() - t0 >= 150);
     w.n = 6;
-    assert_true(tt_run_until(f->base, has_keepalives, &w, 3000));
+    assert_true(tt_run_until(f->base, tt_count_reached, &w, 3000));
     assert_false(c->eof);
     assert_int_equal(tempest_front_streams(f->front), 1);
     assert_non_null(strstr(c->body, "retry: 2000\n\n: keep-alive\n\n"));
@@ -827,9 +749,9 @@ static void test_interrupted(void **state) {
     wait_numsub(f, "test", 1);
     tt_redis_kill(&g_redis);
     assert_int_equal(tt_redis_restart(&g_redis, NULL), 0);
-    assert_true(tt_run_until(f->base, node_up, f->node, WAIT_MS));
+    assert_true(tt_run_until(f->base, tt_node_up, f->node, WAIT_MS));
     wait_numsub(f, "test", 1);
-    assert_true(tt_run_until(f->base, node_up, f->node, WAIT_MS));
+    assert_true(tt_run_until(f->base, tt_node_up, f->node, WAIT_MS));
     tt_run_for(f->base, 100);
     publish_and_wait(f, c, NULL, "back");
     assert_non_null(strstr(c->body, ": interrupted\n\ndata: back\n\n"));
@@ -1134,34 +1056,6 @@ static void test_free_with_streams(void **state) {
 
 /* ---- allocation failure in turn ------------------------------------------- */
 
-static long chaos_count, chaos_at;
-static bool chaos_failed;
-
-static void *chaos_malloc(size_t n) {
-    if (++chaos_count == chaos_at) {
-        chaos_failed = true;
-        return NULL;
-    }
-    return malloc(n);
-}
-
-static void *chaos_realloc(void *p, size_t n) {
-    if (++chaos_count == chaos_at) {
-        chaos_failed = true;
-        return NULL;
-    }
-    return realloc(p, n);
-}
-
-static void chaos(bool on, long at) {
-    chaos_count = 0;
-    chaos_at = at;
-    if (on)
-        chaos_failed = false;
-    tp_set_allocator(on ? chaos_malloc : NULL, on ? chaos_realloc : NULL);
-    json_set_alloc_funcs(on ? chaos_malloc : malloc, free);
-}
-
 typedef struct pair {
     client *a, *b;
 } pair;
@@ -1188,9 +1082,9 @@ static void chaos_run(fx *f, long at) {
     tempest_node_options no = {.redis_url = g_redis.url, .log = on_log};
     f->node = tempest_node_new(f->base, &no, NULL);
     assert_non_null(f->node);
-    assert_true(tt_run_until(f->base, node_up, f->node, WAIT_MS));
+    assert_true(tt_run_until(f->base, tt_node_up, f->node, WAIT_MS));
     make_publisher(f, 10);
-    chaos(true, at);
+    tt_chaos_on(at);
     tempest_front_options fo = {.http = "127.0.0.1:0", .history = true};
     f->front = tempest_front_new(f->node, &fo, NULL);
     if (f->front) {
@@ -1207,7 +1101,7 @@ static void chaos_run(fx *f, long at) {
         tt_run_for(f->base, 5);
         (void)tempest_publish_end(f->pub, "c", NULL, NULL);
         tt_run_until(f->base, pair_ended, &p, 1000);
-        if (!chaos_failed) {
+        if (!tt_chaos_failed()) {
             assert_true(p.a->ended && p.b->ended);
             assert_string_equal(p.a->rec[p.a->nrec - 1], p.b->rec[p.b->nrec - 1]);
             assert_int_equal(p.a->events, 3);
@@ -1215,7 +1109,7 @@ static void chaos_run(fx *f, long at) {
         client_free(p.a);
         client_free(p.b);
     }
-    chaos(false, 0);
+    tt_chaos_off();
 }
 
 static void test_allocation_failures(void **state) {
@@ -1230,7 +1124,7 @@ static void test_allocation_failures(void **state) {
         f->pub = NULL;
         f->front = NULL;
         f->node = NULL;
-        if (!chaos_failed)
+        if (!tt_chaos_failed())
             break;
     }
     print_message("sse: %ld allocations failed in turn, all handled\n", n - 1);
@@ -1260,5 +1154,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_interrupted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_allocation_failures, setup, teardown),
     };
-    return cmocka_run_group_tests_name("sse", tests, group_setup, group_teardown);
+    tt_group_redis(&g_redis);
+    return cmocka_run_group_tests_name("sse", tests, group_setup, tt_group_teardown);
 }

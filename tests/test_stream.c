@@ -40,6 +40,7 @@
 #include <tempest/tempest.h>
 
 #include "harness.h"
+#include "tt_node.h"
 
 #define WAIT_MS 10000
 #define CHUNK ((size_t)64 << 10)
@@ -248,37 +249,11 @@ static void on_log(int level, const char *message, void *arg) {
 }
 
 static tempest_node_options node_opts(void) {
-    return (tempest_node_options){.redis_url = g_redis.url,
-                                  .connect_timeout_ms = 1000,
-                                  .reconnect_min_ms = 20,
-                                  .reconnect_max_ms = 200,
-                                  .log = on_log};
-}
-
-static bool node_up(void *arg) {
-    return tempest_node_state(arg) == TEMPEST_NODE_UP;
-}
-
-static int group_setup(void **state) {
-    (void)state;
-    return tt_redis_start(&g_redis, NULL);
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tt_redis_stop(&g_redis);
-    return 0;
+    return tt_node_options(g_redis.url, on_log, NULL, TEMPEST_LOG_DEBUG);
 }
 
 static int setup(void **state) {
-    fx *f = calloc(1, sizeof *f);
-    if (f == NULL || tt_redis_int(&g_redis, "FLUSHALL") != 0 ||
-        (f->base = event_base_new()) == NULL) {
-        free(f);
-        return -1;
-    }
-    *state = f;
-    return 0;
+    return tt_fixture_setup(state, sizeof(fx), &g_redis);
 }
 
 static int teardown(void **state) {
@@ -303,7 +278,7 @@ static tempest_node *new_node(fx *f) {
     tempest_node_options no = node_opts();
     tempest_node *n = tempest_node_new(f->base, &no, &err);
     assert_non_null(n);
-    assert_true(tt_run_until(f->base, node_up, n, WAIT_MS));
+    assert_true(tt_run_until(f->base, tt_node_up, n, WAIT_MS));
     return n;
 }
 
@@ -970,5 +945,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_progress_keeps_alive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_progress_times_out, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    tt_group_redis(&g_redis);
+    return cmocka_run_group_tests(tests, tt_group_setup, tt_group_teardown);
 }

@@ -1,5 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* See tt_http.h. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
 #include <event2/buffer.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,4 +81,60 @@ void tt_http_clear(tt_http *r) {
     free(r->body);
     memset(r, 0, sizeof *r);
     TAILQ_INIT(&r->headers);
+}
+
+static void on_call_chunk(struct evhttp_request *req, void *arg) {
+    tt_http_call *c = arg;
+    evbuffer_add_buffer(c->body, evhttp_request_get_input_buffer(req));
+}
+
+static void on_call_done(struct evhttp_request *req, void *arg) {
+    tt_http_call *c = arg;
+    c->done = true;
+    c->finished = tt_now_ms();
+    if (req == NULL)
+        return;
+    c->status = evhttp_request_get_response_code(req);
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next)
+        evhttp_add_header(&c->headers, kv->key, kv->value);
+    evbuffer_add_buffer(c->body, evhttp_request_get_input_buffer(req));
+    size_t len = evbuffer_get_length(c->body);
+    if ((c->text = malloc(len + 1)) != NULL) {
+        evbuffer_copyout(c->body, c->text, len);
+        c->text[len] = '\0';
+    }
+}
+
+void tt_http_start(tt_http_call *c, struct event_base *base, int port, enum evhttp_cmd_type cmd,
+                   const char *uri, const char *const *headers, const char *body, size_t len) {
+    c->used = true;
+    TAILQ_INIT(&c->headers);
+    c->body = evbuffer_new();
+    c->conn = evhttp_connection_base_new(base, NULL, "127.0.0.1", (ev_uint16_t)port);
+    assert_non_null(c->body);
+    assert_non_null(c->conn);
+    struct evhttp_request *req = evhttp_request_new(on_call_done, c);
+    assert_non_null(req);
+    evhttp_request_set_chunked_cb(req, on_call_chunk);
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    evhttp_add_header(out, "Host", "127.0.0.1");
+    for (size_t i = 0; headers && headers[i]; i += 2)
+        evhttp_add_header(out, headers[i], headers[i + 1]);
+    if (body)
+        evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
+    c->started = tt_now_ms();
+    assert_int_equal(evhttp_make_request(c->conn, req, cmd, uri), 0);
+}
+
+void tt_http_call_free(tt_http_call *c) {
+    if (!c->used)
+        return;
+    if (c->conn)
+        evhttp_connection_free(c->conn);
+    evhttp_clear_headers(&c->headers);
+    if (c->body)
+        evbuffer_free(c->body);
+    free(c->text);
+    memset(c, 0, sizeof *c);
 }
