@@ -10,8 +10,7 @@
  * jansson's allocator, which is malloc unless the application called
  * json_set_alloc_funcs()). The decoders go through the JSON fast path of
  * lib/codec_fast.c; Redis URLs and host:port addresses are parsed in
- * lib/codec_addr.c. This file also defines the helpers the three share
- * (lib/codec_internal.h).
+ * lib/codec_addr.c; the helpers the three share are in lib/codec_text.c.
  */
 #include "codec.h"
 #include "codec_internal.h"
@@ -23,28 +22,7 @@
 
 #include <tempest/tempest.h>
 
-/* ---- Error text and small helpers ---- */
-
-int tp_codec_seterr(char *err, size_t errlen, int code, const char *fmt, ...) {
-    va_list ap;
-
-    if (err != NULL && errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
-char *tp_codec_dupn(const char *s, size_t n) {
-    char *p = tp_malloc(n + 1);
-
-    if (p != NULL) {
-        memcpy(p, s, n);
-        p[n] = '\0';
-    }
-    return p;
-}
+/* ---- Small helpers ---- */
 
 /*
  * Describes a JSON value for an error message ("a string", "-3"). The
@@ -84,30 +62,7 @@ static bool is_cstring(const json_t *v) {
     return json_is_string(v) && n > 0 && memchr(json_string_value(v), '\0', n) == NULL;
 }
 
-/* ---- UTF-8 (RFC 3629, as jansson checks it) ---- */
-
-size_t tp_utf8_seq(const unsigned char *p, size_t n) {
-    static const unsigned min[5] = {0, 0, 0x80, 0x800, 0x10000}; /* shortest form */
-    unsigned cp;
-    size_t k;
-
-    if (p[0] < 0x80)
-        return 1;
-    if (p[0] < 0xC2 || p[0] > 0xF4) /* continuation, overlong lead, > U+10FFFF */
-        return 0;
-    k = p[0] < 0xE0 ? 2 : p[0] < 0xF0 ? 3 : 4;
-    if (n < k)
-        return 0;
-    cp = p[0] & (0x7Fu >> k);
-    for (size_t i = 1; i < k; i++) {
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3Fu);
-    }
-    if (cp < min[k] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return k;
-}
+/* ---- UTF-8 ---- */
 
 static bool utf8_valid(const char *s, size_t len) {
     const unsigned char *p = (const unsigned char *)s;

@@ -2,8 +2,8 @@
 /*
  * What the codec's files share and their callers never see: the error
  * sentence, a bounded string copy, the UTF-8 check and two character
- * classes. lib/codec.c defines the functions; lib/codec_fast.c and
- * lib/codec_addr.c use them.
+ * classes. lib/codec_text.c defines the functions; the other codec files
+ * use them.
  */
 #ifndef TEMPEST_CODEC_INTERNAL_H
 #define TEMPEST_CODEC_INTERNAL_H
