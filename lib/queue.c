@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 
 #include "node.h"
@@ -124,6 +125,22 @@ static int push(tempest_node *node, const char *queue, const char *job, size_t l
     return tp_redis_argv(node->redis, wait ? on_pushed : NULL, (void *)(intptr_t)id, 3, argv, lens);
 }
 
+/*
+ * A node's first job id. A producer that restarts on the same listener
+ * address must not reuse the ids of its previous run: a late answer to an
+ * old job would reach the new job of that number (and a foreign worker's
+ * late answers get +OK, so nobody would notice). Ids start at the
+ * milliseconds since 2020 times 4096: a new run starts past every id of an
+ * earlier one unless that one averaged over 4 million jobs a second, and
+ * ids stay below 2^53 (exact in JavaScript and Lua) until 2089.
+ */
+static long long first_job_id(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long ms = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - 1577836800000LL;
+    return ms > 0 ? ms << 12 : 0;
+}
+
 TEMPEST_API long long tempest_work(tempest_node *node, const char *queue, const char *action,
                                    json_t *args, const tempest_work_options *options,
                                    tempest_answer_fn *on_answer, void *arg) {
@@ -137,6 +154,8 @@ TEMPEST_API long long tempest_work(tempest_node *node, const char *queue, const 
     if (on_answer && (rc = tp_node_ensure_listener(node)) != 0)
         return rc;
     json_t *empty = args ? NULL : json_array();
+    if (node->next_job == 0)
+        node->next_job = first_job_id();
     long long id = ++node->next_job;
     size_t len;
     char *job =

@@ -338,7 +338,8 @@ typedef struct load {
     long long timed_out, down, err; /* failures by kind */
     bool quiet;                     /* failures are counted, not printed */
     int timeout_ms;                 /* of each job; 0: 30 s */
-    unsigned char *calls;           /* callbacks per job id */
+    unsigned char *calls;           /* callbacks per job, by id - base */
+    long long base;                 /* the first job's id - 1 (a node's ids start anywhere) */
     long long *ids;                 /* job id -> sequence number, for the answers */
 } load;
 
@@ -356,6 +357,9 @@ static void fill(load *l) {
             fprintf(stderr, "tempest_work: %s\n", tempest_strerror((int)id));
             return;
         }
+        if (l->base == 0)
+            l->base = id - 1;
+        id -= l->base;
         assert_true(id < 2 * MAXJOBS);
         if (l->phase)
             l->phase[id] = l->phase_now;
@@ -368,6 +372,7 @@ static void on_answer(tempest_node *node, long long id, int status, json_t *answ
     (void)node;
     (void)answer;
     load *l = arg;
+    id -= l->base;
     if (id <= 0 || id >= 2 * MAXJOBS || l->calls[id]++ > 0) {
         l->extra++;
         return;

@@ -70,6 +70,9 @@ typedef struct load {
     int *answers;         /* per logical job: final answers (status 0) */
     long long *answer_id; /* per logical job: the id that was answered */
     int *of_id;           /* job id -> logical job + 1 */
+    long long base;       /* the first job's id - 1: every id here is relative to
+                           * it, so that the arrays indexed by id stay small (a
+                           * node's ids start anywhere; lib/queue.c) */
     size_t cap;
     int answered, edown_sync, edown_async, errors;
 } load;
@@ -219,11 +222,12 @@ static redisReply *cmd(fx *f, const char *fmt, ...) {
     return r;
 }
 
-/* The job id of a raw job (its fourth element), or -1. */
-static long long raw_job_id(const char *raw, size_t len) {
+/* The job id of a raw job (its fourth element) less `base`, or -1. */
+static long long raw_job_id(const char *raw, size_t len, long long base) {
     json_t *job = json_loadb(raw, len, 0, NULL);
-    long long id =
-        json_is_integer(json_array_get(job, 3)) ? json_integer_value(json_array_get(job, 3)) : -1;
+    long long id = json_is_integer(json_array_get(job, 3))
+                       ? json_integer_value(json_array_get(job, 3)) - base
+                       : -1;
     json_decref(job);
     return id;
 }
@@ -238,7 +242,7 @@ static long long processing_jobs(fx *f, const char *queue, int *seen, size_t cap
         redisReply *list = cmd(f, "LRANGE %s 0 -1", keys->element[i]->str);
         assert_non_null(list);
         for (size_t j = 0; j < list->elements; j++) {
-            long long id = raw_job_id(list->element[j]->str, list->element[j]->len);
+            long long id = raw_job_id(list->element[j]->str, list->element[j]->len, f->load.base);
             if (seen && id > 0 && (size_t)id < cap)
                 seen[id]++;
             n++;
@@ -257,7 +261,7 @@ static int deliveries(fx *f, int *count, size_t cap, int *max) {
     assert_non_null(h);
     *max = 0;
     for (size_t i = 0; i + 1 < h->elements; i += 2) {
-        long long id = atoll(h->element[i]->str);
+        long long id = atoll(h->element[i]->str) - f->load.base;
         int n = atoi(h->element[i + 1]->str);
         if (id > 0 && (size_t)id < cap)
             count[id] = n;
@@ -277,7 +281,7 @@ static long long dead_ids(fx *f, const char *queue, long long *ids, size_t max) 
     for (size_t i = 0; i < list->elements && i < max; i++) {
         json_t *letter = json_loadb(list->element[i]->str, list->element[i]->len, 0, NULL);
         const char *job = json_string_value(json_object_get(letter, "job"));
-        ids[i] = job ? raw_job_id(job, strlen(job)) : -1;
+        ids[i] = job ? raw_job_id(job, strlen(job), f->load.base) : -1;
         json_decref(letter);
     }
     freeReplyObject(list);
@@ -437,9 +441,11 @@ static void on_load_answer(tempest_node *node, long long id, int status, json_t 
     load *l = &f->load;
     if (f->closing)
         return;
+    bool echoed = json_integer_value(json_array_get(answer, 0)) == id; /* the worker's [id] */
+    id -= l->base;
     int job = id > 0 && (size_t)id < l->cap ? l->of_id[id] - 1 : -1;
     l->inflight--;
-    if (job >= 0 && status == 0 && json_integer_value(json_array_get(answer, 0)) == id) {
+    if (job >= 0 && status == 0 && echoed) {
         l->answers[job]++;
         l->answer_id[job] = id;
         l->answered++;
@@ -463,7 +469,9 @@ static void load_fill(fx *f) {
             l->edown_sync++; /* Redis is down: try again later */
             return;
         }
-        if (id < 0 || !load_map(l, id, job)) {
+        if (id > 0 && l->base == 0)
+            l->base = id - 1;
+        if (id < 0 || !load_map(l, id - l->base, job)) {
             l->errors++;
             return;
         }
@@ -477,7 +485,7 @@ static void load_fill(fx *f) {
 
 static void load_init(fx *f, const char *queue, int total, int window) {
     load *l = &f->load;
-    *l = (load){.queue = queue, .total = total, .window = window};
+    *l = (load){.queue = queue, .total = total, .window = window, .base = l->base};
     l->resend = calloc((size_t)total, sizeof *l->resend);
     l->answers = calloc((size_t)total, sizeof *l->answers);
     l->answer_id = calloc((size_t)total, sizeof *l->answer_id);
@@ -494,7 +502,7 @@ static int load_missing(fx *f, long long ndead, const long long *dead) {
         if (job >= 0 && l->answers[job] == 0)
             l->answers[job] = -1; /* dead, never answered */
         if (dead[i] > 0)
-            (void)tempest_work_cancel(f->node, dead[i]);
+            (void)tempest_work_cancel(f->node, dead[i] + l->base);
     }
     for (int i = 0; i < l->total; i++)
         missing += l->answers[i] == 0;
@@ -544,8 +552,8 @@ static void load_dump(fx *f) {
             continue;
         for (size_t j = 1; j < l->cap && id == 0; j++)
             id = l->of_id[j] == i + 1 ? (long long)j : 0;
-        fprintf(stderr, "  job %lld never answered: delivered %lld times\n", id,
-                tt_redis_int(&f->redis, "HGET deliveries %lld", id));
+        fprintf(stderr, "  job %lld never answered: delivered %lld times\n", id + l->base,
+                tt_redis_int(&f->redis, "HGET deliveries %lld", id + l->base));
     }
     for (int i = 0; i < MAX_KIDS; i++)
         if (f->kids[i].pid > 0)
