@@ -460,6 +460,26 @@ static void test_listener_answers_foreign(void **state) {
     assert_int_equal(tempest_node_answers_dropped(f->node), 5);
 }
 
+/* A producer that restarts (a new node, the same listener address) never
+ * reuses the job ids of its previous run: a late answer to an old job
+ * must not reach a new job of that number. Ids stay exact in JavaScript. */
+static void test_ids_never_reused(void **state) {
+    fixture *f = *state;
+    tempest_node_options o = tt_node_options(f->redis.url, NULL, NULL, TEMPEST_LOG_ERROR);
+    long long last = 0;
+    for (int run = 0; run < 3; run++) {
+        tempest_node *n = tt_node_new(f->base, &o);
+        assert_true(tt_run_until(f->base, tt_node_up, n, 3000));
+        long long first = tempest_work(n, "q-ids", "x", NULL, NULL, NULL, NULL);
+        assert_true(first > last);
+        assert_true(first < (1LL << 53));
+        for (int i = 0; i < 100; i++)
+            last = tempest_work(n, "q-ids", "x", NULL, NULL, NULL, NULL);
+        assert_int_equal(last, first + 100);
+        tempest_node_free(n);
+    }
+}
+
 /* Two final answers arrive in one read; the first one's callback cancels
  * the second job, whose answer is already queued: it must never arrive. */
 typedef struct two_answers {
@@ -600,23 +620,15 @@ static void test_cancel(void **state) {
 int main(void) {
     tt_require_redis();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),
-        cmocka_unit_test(test_wait_replicas),
-        cmocka_unit_test(test_streamed_answers),
-        cmocka_unit_test(test_timeout_keeps_job),
-        cmocka_unit_test(test_late_worker),
-        cmocka_unit_test(test_no_handler),
-        cmocka_unit_test(test_dead_letters),
-        cmocka_unit_test(test_fire_and_forget),
-        cmocka_unit_test(test_concurrency),
-        cmocka_unit_test(test_many_workers),
-        cmocka_unit_test(test_loop_and_stop),
-        cmocka_unit_test(test_free_in_handler),
-        cmocka_unit_test(test_listener_answers),
-        cmocka_unit_test(test_listener_answers_foreign),
-        cmocka_unit_test(test_bad_arguments),
-        cmocka_unit_test(test_cancel),
-        cmocka_unit_test(test_cancel_queued_final_answer),
+        cmocka_unit_test(test_round_trip),       cmocka_unit_test(test_wait_replicas),
+        cmocka_unit_test(test_streamed_answers), cmocka_unit_test(test_timeout_keeps_job),
+        cmocka_unit_test(test_late_worker),      cmocka_unit_test(test_no_handler),
+        cmocka_unit_test(test_dead_letters),     cmocka_unit_test(test_fire_and_forget),
+        cmocka_unit_test(test_concurrency),      cmocka_unit_test(test_many_workers),
+        cmocka_unit_test(test_loop_and_stop),    cmocka_unit_test(test_free_in_handler),
+        cmocka_unit_test(test_listener_answers), cmocka_unit_test(test_listener_answers_foreign),
+        cmocka_unit_test(test_bad_arguments),    cmocka_unit_test(test_ids_never_reused),
+        cmocka_unit_test(test_cancel),           cmocka_unit_test(test_cancel_queued_final_answer),
     };
     return cmocka_run_group_tests_name("queue", tests, setup, tt_node_teardown);
 }
