@@ -159,12 +159,16 @@ static void parse_reply(const unsigned char *p, size_t *i, size_t n, size_t *las
         CHECK(mark + 1 > *last);
         *last = mark + 1;
     }
-    if (type == '+' || type == '-' || type == ':') {
+    if (type == '+' || type == '-' || type == ':' || type == '_') { /* '_': RESP3 null */
         *i = end + 2;
         return;
     }
-    CHECK(type == '$' || type == '*');
+    CHECK(type == '$' || type == '*' || type == '%'); /* '%': RESP3 map (HELLO 3) */
     len = strtoll((const char *)p + *i + 1, NULL, 10);
+    if (type == '%') {
+        type = '*';
+        len *= 2;
+    }
     *i = end + 2;
     if (type == '$' && len >= 0) {
         CHECK((size_t)len <= n - *i && n - *i - (size_t)len >= 2);
