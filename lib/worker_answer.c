@@ -115,14 +115,20 @@ static void on_peer_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     tp_worker_check_finished(p->w);
 }
 
-/* The listener's reply to our AUTH: only a refusal matters (it is logged). */
-static void on_peer_auth(redisAsyncContext *ac, void *reply, void *privdata) {
-    (void)privdata;
+/* The listener's reply to AUTH (privdata NULL) or TEMPEST PEER (non-NULL):
+ * only a refusal matters. A refused AUTH is a warning; a refused TEMPEST
+ * PEER only means an older listener, which gives us the compatible
+ * replies. */
+static void on_peer_opening(redisAsyncContext *ac, void *reply, void *privdata) {
     peer *p = ac->data;
     redisReply *rep = reply;
     if (p == NULL || rep == NULL || rep->type != REDIS_REPLY_ERROR)
         return;
-    tp_log(&p->w->node->log, TEMPEST_LOG_WARN, "%s refused AUTH: %s", p->addr, rep->str);
+    if (privdata == NULL)
+        tp_log(&p->w->node->log, TEMPEST_LOG_WARN, "%s refused AUTH: %s", p->addr, rep->str);
+    else
+        tp_log(&p->w->node->log, TEMPEST_LOG_DEBUG, "%s is an older listener: %s", p->addr,
+               rep->str);
 }
 
 /* Queues `AUTH <secret>` first on a new peer connection when the node has a
@@ -133,19 +139,8 @@ static void peer_auth(peer *p) {
         return;
     const char *argv[] = {"AUTH", secret};
     size_t lens[] = {4, strlen(secret)};
-    if (redisAsyncCommandArgv(p->ac, on_peer_auth, NULL, 2, argv, lens) != REDIS_OK)
+    if (redisAsyncCommandArgv(p->ac, on_peer_opening, NULL, 2, argv, lens) != REDIS_OK)
         tp_log(&p->w->node->log, TEMPEST_LOG_WARN, "cannot send AUTH to %s", p->addr);
-}
-
-/* The listener's reply to TEMPEST PEER: an older listener refuses it and
- * then treats us as any Redis client (compatible replies). */
-static void on_peer_hello(redisAsyncContext *ac, void *reply, void *privdata) {
-    (void)privdata;
-    peer *p = ac->data;
-    redisReply *rep = reply;
-    if (p == NULL || rep == NULL || rep->type != REDIS_REPLY_ERROR)
-        return;
-    tp_log(&p->w->node->log, TEMPEST_LOG_DEBUG, "%s is an older listener: %s", p->addr, rep->str);
 }
 
 /* Says who we are, pipelined after AUTH and before any answer (no round
@@ -153,7 +148,7 @@ static void on_peer_hello(redisAsyncContext *ac, void *reply, void *privdata) {
  * replies (-CANCELED, -ERR unknown job, held +OK) instead of the +OK every
  * foreign worker gets (docs/protocol.md, "Who is answering"). */
 static void peer_hello(peer *p) {
-    if (redisAsyncCommand(p->ac, on_peer_hello, NULL, "TEMPEST PEER %d", TP_PEER_PROTOCOL) !=
+    if (redisAsyncCommand(p->ac, on_peer_opening, p, "TEMPEST PEER %d", TP_PEER_PROTOCOL) !=
         REDIS_OK)
         tp_log(&p->w->node->log, TEMPEST_LOG_WARN, "cannot send TEMPEST PEER to %s", p->addr);
 }

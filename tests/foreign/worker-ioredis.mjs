@@ -21,40 +21,14 @@
 // itself); stdout: `answered <job_id>` once a job's answers are all sent.
 // The modules come from tests/clients/node_modules ($TEMPEST_CLIENTS_DIR to
 // look elsewhere).
-import { createRequire } from 'node:module';
+import { clientRequire, handlers as makeHandlers, workerArgs } from './common.mjs';
 
-const clientsDir = process.env.TEMPEST_CLIENTS_DIR || new URL('../clients/', import.meta.url).pathname;
-const require = createRequire(`${clientsDir.replace(/\/?$/, '/')}package.json`);
-const Redis = require('ioredis');
-const version = require('ioredis/package.json').version;
-
+const req = clientRequire();
+const Redis = req('ioredis');
+const version = req('ioredis/package.json').version;
 const name = 'ioredis';
-const queue = process.argv[2] || process.env.TEMPEST_QUEUE;
-const port = Number(process.argv[3] || process.env.TEMPEST_REDIS_PORT);
-if (!queue || !port) {
-  console.error('usage: node worker-ioredis.mjs QUEUE REDIS_PORT');
-  process.exit(2);
-}
-const UNKNOWN_JOB = 987654321;
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-const handlers = {
-  async url(answer, request) {
-    const url = new URL(request.url, 'http://front');
-    const query = url.searchParams;
-    if (query.has('sleep')) {
-      console.error(`${name} worker ${process.pid}: sleeping ${query.get('sleep')} ms`);
-      await sleep(Number(query.get('sleep')));
-    }
-    const response = [200, { 'Content-Type': 'text/plain' }, `${name} ${process.pid} ${url.pathname}`];
-    if (query.get('unknown') === '1') await answer(response, UNKNOWN_JOB);
-    await answer(response);
-    if (query.get('twice') === '1') await answer(response);
-  },
-};
+const { queue, port } = workerArgs('worker-ioredis.mjs');
+const handlers = makeHandlers(name);
 
 function connect(host, port) {
   const client = new Redis({ host, port });

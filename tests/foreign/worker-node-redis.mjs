@@ -21,43 +21,17 @@
 // listener; it reconnects by itself); stdout: `answered <job_id>` once a
 // job's answers are all sent. The modules come from tests/clients/node_modules
 // ($TEMPEST_CLIENTS_DIR to look elsewhere).
-import { createRequire } from 'node:module';
+import { clientRequire, handlers as makeHandlers, workerArgs } from './common.mjs';
 
-const clientsDir = process.env.TEMPEST_CLIENTS_DIR || new URL('../clients/', import.meta.url).pathname;
-const require = createRequire(`${clientsDir.replace(/\/?$/, '/')}package.json`);
-const { createClient } = require('redis');
-const version = require('redis/package.json').version;
-
+const req = clientRequire();
+const { createClient } = req('redis');
+const version = req('redis/package.json').version;
 // $TEMPEST_RESP=2 or 3 sets the client's RESP option; without it the
 // library's default applies (RESP3 in node-redis 6.4: it opens with HELLO 3).
 const resp = process.env.TEMPEST_RESP ? Number(process.env.TEMPEST_RESP) : undefined;
 const name = resp === undefined ? 'node-redis' : `node-redis-resp${resp}`;
-const queue = process.argv[2] || process.env.TEMPEST_QUEUE;
-const port = Number(process.argv[3] || process.env.TEMPEST_REDIS_PORT);
-if (!queue || !port) {
-  console.error('usage: node worker-node-redis.mjs QUEUE REDIS_PORT');
-  process.exit(2);
-}
-const UNKNOWN_JOB = 987654321;
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-const handlers = {
-  async url(answer, request) {
-    const url = new URL(request.url, 'http://front');
-    const query = url.searchParams;
-    if (query.has('sleep')) {
-      console.error(`${name} worker ${process.pid}: sleeping ${query.get('sleep')} ms`);
-      await sleep(Number(query.get('sleep')));
-    }
-    const response = [200, { 'Content-Type': 'text/plain' }, `${name} ${process.pid} ${url.pathname}`];
-    if (query.get('unknown') === '1') await answer(response, UNKNOWN_JOB);
-    await answer(response);
-    if (query.get('twice') === '1') await answer(response);
-  },
-};
+const { queue, port } = workerArgs('worker-node-redis.mjs');
+const handlers = makeHandlers(name);
 
 function connect(host, port) {
   const client = createClient({ socket: { host, port }, ...(resp === undefined ? {} : { RESP: resp }) });
