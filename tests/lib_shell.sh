@@ -65,6 +65,20 @@ show() { # [N]: the logs of everything (their last N lines), for a failure
     done
 }
 
+# wait_line FILE PATTERN PID SECONDS WHAT: waits until FILE has a line
+# matching the grep pattern; fails (with the logs) when PID exits first or
+# SECONDS pass: "WHAT did not start".
+wait_line() {
+    local deadline=$((SECONDS + $4))
+    until grep -q -- "$2" "$1"; do
+        if ! kill -0 "$3" 2>/dev/null || [[ $SECONDS -ge $deadline ]]; then
+            show 40
+            fail "$5 did not start"
+        fi
+        sleep 0.05
+    done
+}
+
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # random_port: a loopback port that nothing listens on now (never 6379),

@@ -145,14 +145,7 @@ start_worker() { # I: worker slot 0 or 1; waits for its ready line
     "${cmd[@]}" "$queue" "$redis_port" >"${wout[i]}" 2>"${wlog[i]}" </dev/null &
     wpid[i]=$!
     pids+=("${wpid[i]}")
-    local deadline=$((SECONDS + 20))
-    until grep -q ': ready' "${wlog[i]}"; do
-        if ! kill -0 "${wpid[i]}" 2>/dev/null || [[ $SECONDS -ge $deadline ]]; then
-            show 40
-            fail "$client worker $i (pid ${wpid[i]}) did not start (no ready line)"
-        fi
-        sleep 0.05
-    done
+    wait_line "${wlog[i]}" ': ready' "${wpid[i]}" 20 "$client worker $i (pid ${wpid[i]}; no ready line)"
 }
 
 start_workers() { start_worker 0 && start_worker 1; }
@@ -301,14 +294,7 @@ run_client() {
     "${rcli[@]}" subscribe "tempest:cancel:127.0.0.1:$listen_port" >"$tmp/$client.cancels.out" 2>&1 &
     sub_pid=$!
     pids+=("$sub_pid")
-    local deadline=$((SECONDS + 10))
-    until grep -q '^subscribe$' "$tmp/$client.cancels.out"; do
-        if ! kill -0 "$sub_pid" 2>/dev/null || [[ $SECONDS -ge $deadline ]]; then
-            show 40
-            fail "redis-cli subscribe did not start"
-        fi
-        sleep 0.02
-    done
+    wait_line "$tmp/$client.cancels.out" '^subscribe$' "$sub_pid" 10 "redis-cli subscribe"
     t0=$(now_ms)
     seq "$storm" | xargs -P 100 -I{} curl -s -o /dev/null -m 0.2 "$base/storm/{}" || true
     n=$("${rcli[@]}" llen "$queue")
