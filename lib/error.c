@@ -78,8 +78,8 @@ bool tp_name_valid(const char *s) {
     return true;
 }
 
-unsigned long long tp_now_ms(void) {
+long long tp_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (unsigned long long)ts.tv_sec * 1000u + (unsigned long long)ts.tv_nsec / 1000000u;
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }

@@ -34,12 +34,6 @@ struct tp_guard {
     size_t cut;
 };
 
-static long long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* evhttp keeps its event callback on a connection's bufferevent in every
  * phase (it clears only the read callback while writing a reply), and
  * bufferevent_free() clears them all: so no event callback means freed. */
@@ -55,7 +49,7 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
     tp_guard *g = arg;
-    long long now = now_ms();
+    long long now = tp_now_ms();
     size_t pos = 0;
     long long key;
     void *val;
@@ -89,7 +83,7 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg) {
     bufferevent_incref(bev);
     c->guard = g;
     c->bev = bev;
-    c->deadline_ms = now_ms() + g->timeout_ms;
+    c->deadline_ms = tp_now_ms() + g->timeout_ms;
     return bev;
 }
 
@@ -104,7 +98,7 @@ static void on_complete(struct evhttp_request *req, void *arg) {
     (void)req;
     guarded *c = arg;
     c->busy = false;
-    c->deadline_ms = now_ms() + c->guard->timeout_ms;
+    c->deadline_ms = tp_now_ms() + c->guard->timeout_ms;
 }
 
 void tp_guard_request(tp_guard *g, struct evhttp_request *req) {

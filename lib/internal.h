@@ -55,7 +55,7 @@ void tp_map_clear(tp_map *m);
 bool tp_name_valid(const char *s);
 
 /** Milliseconds of CLOCK_MONOTONIC (lib/error.c). */
-unsigned long long tp_now_ms(void);
+long long tp_now_ms(void);
 
 /* Allocation wrappers (lib/alloc.c); release with free(). */
 void *tp_malloc(size_t size);

@@ -318,7 +318,7 @@ static void accept_answer(tempest_node *node, tp_pending *job, int kind, json_t 
 enum { DROP_LOG_MS = 10000 };
 
 static void note_drop(tempest_node *node, long long id, const char *why) {
-    uint64_t now = tp_now_ms();
+    uint64_t now = (uint64_t)tp_now_ms();
     node->answers_dropped++;
     node->drops_unlogged++;
     if (node->drop_logged_ms != 0 && now - node->drop_logged_ms < DROP_LOG_MS)
@@ -601,9 +601,7 @@ static int copy_presence(tempest_node *node, const tempest_node_options *o, temp
     node->presence_ttl_ms = o->presence_ttl_ms > 0 ? o->presence_ttl_ms : 5000;
     if (node->presence_ttl_ms < 2 * node->heartbeat_ms)
         node->presence_ttl_ms = 2 * node->heartbeat_ms;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    node->started_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    node->started_ms = (uint64_t)tp_now_ms();
     if ((node->ns = tp_strdup(ns)) == NULL) {
         tp_error_set(err, TEMPEST_ENOMEM, "out of memory");
         return TEMPEST_ENOMEM;

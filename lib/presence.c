@@ -73,12 +73,6 @@ static char *key_of(const char *ns, const char *suffix) {
     return k;
 }
 
-static uint64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static void on_beat(evutil_socket_t fd, short what, void *arg);
 
 static tp_presence *presence_of(tempest_node *node) {
@@ -143,10 +137,11 @@ void tp_presence_add_count(json_t *record, const char *role, const char *name, u
 static json_t *build_record(tempest_node *node) {
     char host[128] = "";
     gethostname(host, sizeof host - 1);
-    json_t *rec = json_pack(
-        "{s:I,s:s,s:i,s:I,s:s,s:s,s:[],s:[],s:[],s:{}}", "id", (json_int_t)node->id, "host", host,
-        "pid", (int)getpid(), "uptime_ms", (json_int_t)(now_ms() - node->started_ms), "namespace",
-        node->ns, "version", TEMPEST_VERSION_STRING, "roles", "queues", "services", "stats");
+    json_t *rec =
+        json_pack("{s:I,s:s,s:i,s:I,s:s,s:s,s:[],s:[],s:[],s:{}}", "id", (json_int_t)node->id,
+                  "host", host, "pid", (int)getpid(), "uptime_ms",
+                  (json_int_t)((uint64_t)tp_now_ms() - node->started_ms), "namespace", node->ns,
+                  "version", TEMPEST_VERSION_STRING, "roles", "queues", "services", "stats");
     if (rec == NULL)
         return NULL;
     json_object_set_new(rec, "address", node->address ? json_string(node->address) : json_null());

@@ -463,15 +463,9 @@ static void on_slots(redisAsyncContext *ac, void *reply, void *privdata) {
 }
 
 /* Asks an UP master (else a seed) for the slot map; one request at a time. */
-static long long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void refresh(tp_cluster *cl) {
     /* A reply lost with its connection frees the turn after a while. */
-    if (cl->refreshing && now_ms() - cl->refresh_ms < cl->timing.connect_timeout_ms) {
+    if (cl->refreshing && tp_now_ms() - cl->refresh_ms < cl->timing.connect_timeout_ms) {
         cl->refresh_again = true;
         return;
     }
@@ -484,7 +478,7 @@ static void refresh(tp_cluster *cl) {
     static const char slots[] = "*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n";
     if (r != NULL && tp_redis_conn_send(r, on_slots, NULL, slots, sizeof slots - 1) == 0) {
         cl->refreshing = true;
-        cl->refresh_ms = now_ms();
+        cl->refresh_ms = tp_now_ms();
         return;
     }
     if (cl->seed == NULL && !evtimer_pending(cl->seed_ev, NULL))

@@ -221,19 +221,13 @@ static void on_poll_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     apply_registry(q, rep->element[0], rep->element[1]);
 }
 
-static long long monotonic_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* One registry read at a time (a reply lost with a dropped connection
  * frees the turn after a while). */
 static void on_poll(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     tempest_requester *q = arg;
     const char *argv[] = {"EVAL", list_lua, "1", q->key};
-    long long now = monotonic_ms();
+    long long now = tp_now_ms();
     bool busy = q->polling && now - q->poll_sent < 10LL * q->refresh_ms;
     void *serial = (void *)(intptr_t)q->serial;
     if (!busy && tp_redis_argv(q->node->redis, on_poll_reply, serial, 4, argv, NULL) == 0) {

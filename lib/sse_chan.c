@@ -84,12 +84,6 @@ sse_op *tp_sse_op_new(void *owner) {
     return op;
 }
 
-static long long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- streams --------------------------------------------------------- */
 
 static struct timeval ms_tv(int ms) {
@@ -289,7 +283,7 @@ static void ahead_push(sse_chan *ch, sse_msg *m, int ttl_ms) {
         tp_sse_msg_clear(m); /* its notification will be sent once more, without id */
         return;
     }
-    *a = (sse_ahead){.at = now_ms() - (AHEAD_TTL_MS - ttl_ms), .msg = *m};
+    *a = (sse_ahead){.at = tp_now_ms() - (AHEAD_TTL_MS - ttl_ms), .msg = *m};
     if (ch->ahead_tail)
         ch->ahead_tail->next = a;
     else
@@ -303,7 +297,7 @@ static void ahead_push(sse_chan *ch, sse_msg *m, int ttl_ms) {
  * messages before the match never got one (published before the
  * subscription was made, or during an interruption): they go too. */
 static bool ahead_match(sse_chan *ch, const sse_msg *m) {
-    long long now = now_ms();
+    long long now = tp_now_ms();
     while (ch->ahead && now - ch->ahead->at > AHEAD_TTL_MS)
         ahead_pop(ch);
     size_t k = 0;
